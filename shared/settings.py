@@ -1,0 +1,181 @@
+"""Every setting timebatch reads, from environment variables only.
+
+This is the one module that looks at the environment. Each key is converted
+explicitly; a bad value fails at startup with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PLACEHOLDERS = frozenset({"changeme", "change-me", "placeholder", "xxx", "todo", "secret"})
+
+
+class SettingsError(ValueError):
+    """A setting is missing, malformed or still a placeholder."""
+
+
+def _text(env: Mapping[str, str], key: str) -> str | None:
+    value = env.get(key)
+    if value is None or value.strip() == "":
+        return None
+    value = value.strip()
+    if value.lower() in PLACEHOLDERS or (value.startswith("<") and value.endswith(">")):
+        raise SettingsError(f"{key} is still a placeholder ({value!r}); set a real value")
+    return value
+
+
+def _int(env: Mapping[str, str], key: str, default: int, *, minimum: int, maximum: int) -> int:
+    raw = _text(env, key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw, 10)
+    except ValueError:
+        raise SettingsError(f"{key} must be a whole number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{key} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = _text(env, key)
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{key} must be a boolean (1/0, true/false), got {raw!r}")
+
+
+def _database_url(env: Mapping[str, str], key: str) -> str | None:
+    raw = _text(env, key)
+    if raw is None:
+        return None
+    if raw.startswith("postgres://"):
+        raw = "postgresql+psycopg://" + raw.removeprefix("postgres://")
+    elif raw.startswith("postgresql://"):
+        raw = "postgresql+psycopg://" + raw.removeprefix("postgresql://")
+    if not raw.startswith("postgresql+psycopg://"):
+        raise SettingsError(f"{key} must be a postgresql+psycopg:// URL, got scheme of {raw!r}")
+    return raw
+
+
+def _broker_url(env: Mapping[str, str], key: str) -> str | None:
+    raw = _text(env, key)
+    if raw is None:
+        return None
+    schemes = ("redis://", "rediss://", "redis+socket://", "amqp://", "amqps://", "pyamqp://")
+    if not raw.startswith(schemes):
+        raise SettingsError(f"{key} must be a redis://, redis+socket:// or amqp:// URL")
+    return raw
+
+
+def _basic_auth(env: Mapping[str, str], key: str) -> str | None:
+    raw = _text(env, key)
+    if raw is None:
+        return None
+    for pair in raw.split(","):
+        user, sep, password = pair.partition(":")
+        if not sep or not user or not password:
+            raise SettingsError(f"{key} must be user:password (comma-separated for several)")
+    return raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None
+    broker_url: str | None
+    data_dir: Path
+    port: int = 8000
+    flower_port: int = 5555
+    flower_basic_auth: str | None = None
+    demo: bool = True
+    max_batch_size: int = 10_000
+    max_body_bytes: int = 64 * 1024 * 1024
+    queue: str = "timebatch"
+    web_concurrency: int = 2
+    worker_concurrency: int = 2
+    job_time_limit: int = 900
+    job_max_attempts: int = 5
+    retry_after: int = 1
+
+    @property
+    def embedded(self) -> bool:
+        """True when neither URL is configured: timebatch runs its own servers."""
+        return self.database_url is None and self.broker_url is None
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url is None:
+            raise SettingsError("DATABASE_URL is not set and no embedded server was started")
+        return self.database_url
+
+    @property
+    def celery_broker_url(self) -> str:
+        if self.broker_url is None:
+            raise SettingsError("BROKER_URL is not set and no embedded server was started")
+        return self.broker_url
+
+    def with_urls(self, database_url: str, broker_url: str) -> Settings:
+        return dataclasses.replace(self, database_url=database_url, broker_url=broker_url)
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        env = {
+            "DATABASE_URL": self.sqlalchemy_url,
+            "BROKER_URL": self.celery_broker_url,
+            "TIMEBATCH_DATA_DIR": str(self.data_dir),
+            "TIMEBATCH_PORT": str(self.port),
+            "FLOWER_PORT": str(self.flower_port),
+            "TIMEBATCH_DEMO": "1" if self.demo else "0",
+            "TIMEBATCH_MAX_BATCH_SIZE": str(self.max_batch_size),
+            "TIMEBATCH_MAX_BODY_BYTES": str(self.max_body_bytes),
+            "TIMEBATCH_QUEUE": self.queue,
+            "WEB_CONCURRENCY": str(self.web_concurrency),
+            "WORKER_CONCURRENCY": str(self.worker_concurrency),
+            "TIMEBATCH_JOB_TIME_LIMIT": str(self.job_time_limit),
+            "TIMEBATCH_JOB_MAX_ATTEMPTS": str(self.job_max_attempts),
+        }
+        if self.flower_basic_auth:
+            env["FLOWER_BASIC_AUTH"] = self.flower_basic_auth
+        return env
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        database_url = _database_url(env, "DATABASE_URL")
+        broker_url = _broker_url(env, "BROKER_URL")
+        if (database_url is None) != (broker_url is None):
+            missing = "BROKER_URL" if broker_url is None else "DATABASE_URL"
+            raise SettingsError(
+                f"{missing} is missing: set both DATABASE_URL and BROKER_URL, "
+                "or neither to use the embedded servers"
+            )
+        queue = _text(env, "TIMEBATCH_QUEUE") or "timebatch"
+        if not queue.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise SettingsError(f"TIMEBATCH_QUEUE must be a simple name, got {queue!r}")
+        return cls(
+            database_url=database_url,
+            broker_url=broker_url,
+            data_dir=Path(_text(env, "TIMEBATCH_DATA_DIR") or ".timebatch").absolute(),
+            port=_int(env, "TIMEBATCH_PORT", 8000, minimum=1, maximum=65535),
+            flower_port=_int(env, "FLOWER_PORT", 5555, minimum=1, maximum=65535),
+            flower_basic_auth=_basic_auth(env, "FLOWER_BASIC_AUTH"),
+            demo=_bool(env, "TIMEBATCH_DEMO", True),
+            max_batch_size=_int(env, "TIMEBATCH_MAX_BATCH_SIZE", 10_000, minimum=1, maximum=10**7),
+            max_body_bytes=_int(
+                env, "TIMEBATCH_MAX_BODY_BYTES", 64 * 1024 * 1024, minimum=1024, maximum=2**34
+            ),
+            queue=queue,
+            web_concurrency=_int(env, "WEB_CONCURRENCY", 2, minimum=1, maximum=256),
+            worker_concurrency=_int(env, "WORKER_CONCURRENCY", 2, minimum=1, maximum=256),
+            job_time_limit=_int(env, "TIMEBATCH_JOB_TIME_LIMIT", 900, minimum=10, maximum=86400),
+            job_max_attempts=_int(env, "TIMEBATCH_JOB_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
+        )

@@ -1,0 +1,40 @@
+"""What the app holds for its requests: settings, the engine, the session, the publisher."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flask import current_app, g
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.settings import Settings
+
+Publisher = Callable[[str], None]
+
+
+@dataclass
+class AppServices:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    publish: Publisher
+    broker_ping: Callable[[], None]
+
+
+def services() -> AppServices:
+    found: AppServices = current_app.extensions["timebatch"]
+    return found
+
+
+def db() -> Session:
+    """The request's session. The view that writes commits it; teardown closes it."""
+    if "db" not in g:
+        g.db = services().sessions()
+    session: Session = g.db
+    return session
+
+
+def close_db(_exc: BaseException | None = None) -> None:
+    session: Session | None = g.pop("db", None)
+    if session is not None:
+        session.close()

@@ -1,0 +1,67 @@
+"""Every error the app can raise leaves as a JSON:API error document, never as HTML."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException
+
+from shared.jsonapi import CONTENT_TYPE, ApiError, Problem
+
+logger = logging.getLogger(__name__)
+
+TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    406: "Not acceptable",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Unprocessable entity",
+    500: "Internal server error",
+    503: "Service unavailable",
+}
+
+
+def error_response(error: ApiError, headers: dict[str, str] | None = None) -> Response:
+    response = Response(error.body(), status=error.status, content_type=CONTENT_TYPE)
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def handle_api_error(error: ApiError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        detail = error.description or TITLES.get(status, "Error")
+        if status == 404:
+            detail = "no such resource or route"
+        problem = Problem(status, TITLES.get(status, error.name), detail)
+        response = error_response(ApiError([problem]))
+        if status == 405 and error.response is None:
+            allowed = getattr(error, "valid_methods", None)
+            if allowed:
+                response.headers["Allow"] = ", ".join(allowed)
+        return response
+
+    @app.errorhandler(OperationalError)
+    def handle_database_down(error: OperationalError) -> Response:
+        logger.error("database unavailable: %s", type(error.orig).__name__)
+        problem = Problem(503, "Service unavailable", "the database is unavailable; try again")
+        return error_response(ApiError([problem]), {"Retry-After": "5"})
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(error: Exception) -> Response:
+        logger.exception("unhandled error")
+        problem = Problem(500, "Internal server error", "something went wrong on our side")
+        return error_response(ApiError([problem]))

@@ -1,0 +1,28 @@
+"""GET /healthz: can we reach the database and the broker?"""
+
+from __future__ import annotations
+
+import orjson
+from flask import Blueprint, Response
+from sqlalchemy import text
+
+from api.context import db, services
+
+blueprint = Blueprint("health", __name__)
+
+
+@blueprint.get("/healthz")
+def healthz() -> Response:
+    report: dict[str, str] = {}
+    try:
+        db().execute(text("SELECT 1"))
+        report["database"] = "ok"
+    except Exception:
+        report["database"] = "down"
+    try:
+        services().broker_ping()
+        report["broker"] = "ok"
+    except Exception:
+        report["broker"] = "down"
+    status = 200 if all(v == "ok" for v in report.values()) else 503
+    return Response(orjson.dumps(report), status=status, content_type="application/json")

@@ -1,0 +1,5 @@
+"""Entry point for gunicorn: `gunicorn api.wsgi:app`."""
+
+from api import create_app
+
+app = create_app()

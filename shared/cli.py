@@ -1,0 +1,148 @@
+"""`timebatch ...`: run the stack, migrate, load demo data, make tokens.
+
+Commands are units of work: each one commits what it did, once.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+import orjson
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from shared import migrate
+from shared.db import make_engine
+from shared.demo import demo_tokens, load_demo
+from shared.embedded import embedded_settings
+from shared.models import Person
+from shared.settings import Settings, SettingsError
+from shared.tokens import create_token
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@contextmanager
+def _engine() -> Iterator[Engine]:
+    """An engine on the configured database, or on the embedded one of this data dir."""
+    with embedded_settings(_settings()) as settings:
+        engine = make_engine(settings)
+        try:
+            yield engine
+        finally:
+            engine.dispose()
+
+
+@click.group()
+def main() -> None:
+    """timebatch: an asynchronous bulk API for time entries."""
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply pending migrations."""
+    with _engine() as engine:
+        migrate.upgrade(engine, revision)
+    click.echo(f"database at {revision}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION (e.g. base)."""
+    with _engine() as engine:
+        migrate.downgrade(engine, revision)
+    click.echo(f"database at {revision}")
+
+
+@main.group()
+def demo() -> None:
+    """Demo data."""
+
+
+def _load_demo(engine: Engine) -> None:
+    with Session(engine) as session:
+        created = load_demo(session)
+        tokens = demo_tokens(session) if created else []
+        session.commit()
+    if not created:
+        click.echo("demo data already loaded (use `timebatch token create` for a new token)")
+        return
+    click.echo("demo data loaded; one token per person (shown once):")
+    for person, token in tokens:
+        click.echo(
+            f"  person {person.id} ({person.first_name} {person.last_name}), "
+            f"organization {person.organization_id}: {token}"
+        )
+
+
+@demo.command("load")
+def demo_load() -> None:
+    """Create the demo organizations, people, services, tasks and entries (idempotent)."""
+    with _engine() as engine:
+        _load_demo(engine)
+
+
+@main.group()
+def token() -> None:
+    """API tokens."""
+
+
+@token.command("create")
+@click.option("--person", "person_id", type=int, required=True, help="the person's id")
+@click.option("--read-only", is_flag=True, help="a token that cannot write")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON line")
+def token_create(person_id: int, read_only: bool, as_json: bool) -> None:
+    """Create a personal token; it is printed once and stored only as a hash."""
+    with _engine() as engine, Session(engine) as session:
+        person = session.scalars(select(Person).where(Person.id == person_id)).one_or_none()
+        if person is None:
+            raise click.ClickException(f"person {person_id} does not exist")
+        new_token = create_token(session, person, read_only=read_only)
+        session.commit()
+    if as_json:
+        line = {
+            "token": new_token,
+            "person_id": str(person.id),
+            "organization_id": str(person.organization_id),
+        }
+        click.echo(orjson.dumps(line).decode())
+    else:
+        click.echo(new_token)
+
+
+@main.command("run")
+def run() -> None:
+    """Migrate, load demo data, and run web, worker, beat and Flower in the foreground."""
+    from shared.supervisor import run_stack
+
+    base = _settings()
+    with embedded_settings(base) as settings:
+        engine = make_engine(settings)
+        try:
+            migrate.upgrade(engine)
+            if settings.demo:
+                _load_demo(engine)
+        finally:
+            engine.dispose()
+        if base.embedded:
+            click.echo(f"embedded PostgreSQL and Redis under {settings.data_dir}")
+        click.echo(
+            f"web on http://127.0.0.1:{settings.port} , Flower on http://127.0.0.1:{settings.flower_port}"
+        )
+        code = run_stack(settings)
+    sys.exit(code)

@@ -1,0 +1,111 @@
+"""What a batch is checked against: the organization, its currencies, the caller, and lookups.
+
+Every lookup is scoped to one organization here, so an id of another organization is
+indistinguishable from a missing one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from sqlalchemy import Row, select
+from sqlalchemy.orm import Session
+
+from shared.costs import CurrencyBook
+from shared.models import ExchangeRate, Organization, Person, Service, Task, TimeEntry
+from shared.render import COLUMNS, EntryRenderer
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    organization: Organization
+    caller: Person
+    book: CurrencyBook
+    now: dt.datetime
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def organization_id(self) -> int:
+        return self.organization.id
+
+    def renderer(self) -> EntryRenderer:
+        return EntryRenderer(self.organization.id, self.organization.time_zone)
+
+
+def load_context(
+    session: Session,
+    organization_id: int,
+    person_id: int,
+    options: Mapping[str, Any] | None = None,
+) -> BatchContext:
+    organization = session.get_one(Organization, organization_id)
+    caller = session.scalars(
+        select(Person).where(Person.organization_id == organization_id, Person.id == person_id)
+    ).one()
+    rates = {
+        currency: Fraction(rate)
+        for currency, rate in session.execute(
+            select(ExchangeRate.currency, ExchangeRate.rate).where(
+                ExchangeRate.organization_id == organization_id
+            )
+        )
+    }
+    book = CurrencyBook(organization.default_currency, organization.reporting_currency, rates)
+    now = dt.datetime.now(dt.UTC)
+    return BatchContext(
+        organization=organization, caller=caller, book=book, now=now, options=options or {}
+    )
+
+
+def people_by_id(session: Session, ctx: BatchContext, ids: Collection[int]) -> dict[int, Person]:
+    if not ids:
+        return {}
+    found = session.scalars(
+        select(Person).where(Person.organization_id == ctx.organization_id, Person.id.in_(ids))
+    )
+    return {p.id: p for p in found}
+
+
+def services_by_id(session: Session, ctx: BatchContext, ids: Collection[int]) -> dict[int, Service]:
+    if not ids:
+        return {}
+    found = session.scalars(
+        select(Service).where(Service.organization_id == ctx.organization_id, Service.id.in_(ids))
+    )
+    return {s.id: s for s in found}
+
+
+def tasks_by_id(session: Session, ctx: BatchContext, ids: Collection[int]) -> dict[int, Task]:
+    if not ids:
+        return {}
+    found = session.scalars(
+        select(Task).where(Task.organization_id == ctx.organization_id, Task.id.in_(ids))
+    )
+    return {t.id: t for t in found}
+
+
+ENTRY_COLUMNS = [getattr(TimeEntry, name) for name in COLUMNS] + [
+    TimeEntry.person_id,
+    TimeEntry.service_id,
+    TimeEntry.task_id,
+    TimeEntry.approver_id,
+]
+
+
+def lock_entries(session: Session, ctx: BatchContext, ids: Collection[int]) -> dict[int, Row[Any]]:
+    """The organization's entries with these ids, row-locked.
+
+    Locks are taken in id order so that jobs over overlapping entries queue up instead of
+    deadlocking.
+    """
+    rows = session.execute(
+        select(*ENTRY_COLUMNS)
+        .where(TimeEntry.organization_id == ctx.organization_id, TimeEntry.id.in_(ids))
+        .order_by(TimeEntry.id)
+        .with_for_update()
+    ).all()
+    return {row.id: row for row in rows}

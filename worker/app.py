@@ -1,0 +1,68 @@
+"""The worker's Celery app: the shared configuration plus the job task."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from celery import Celery, Task
+from celery.utils.log import get_task_logger
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from shared.db import make_engine
+from shared.jobs import run_job
+from shared.queue import PROCESS_JOB, create_celery
+from shared.settings import Settings
+
+logger = get_task_logger(__name__)
+
+
+class EngineHolder:
+    """One engine per worker process, made lazily so that it is never shared across a fork."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._engine: Engine | None = None
+        self._pid = 0
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None or self._pid != os.getpid():
+            self._engine = make_engine(self.settings, pool_size=2, max_overflow=2)
+            self._pid = os.getpid()
+        return self._engine
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Deadlocks, serialization failures and lost connections: worth another try."""
+    if isinstance(exc, OperationalError):
+        return True
+    if isinstance(exc, DBAPIError):
+        code = getattr(exc.orig, "sqlstate", None)
+        return code in {"40001", "40P01"}
+    return False
+
+
+def create_worker_app(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings.from_env()
+    app = create_celery(settings)
+    holder = EngineHolder(settings)
+
+    @app.task(name=PROCESS_JOB, bind=True, max_retries=settings.job_max_attempts)
+    def process_job(self: Task[[str], str], job_id: str) -> str:
+        try:
+            outcome = run_job(
+                holder.engine, uuid.UUID(job_id), max_attempts=settings.job_max_attempts
+            )
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            countdown = min(2**self.request.retries, 60)
+            logger.warning("job %s hit a transient database error; retrying", job_id)
+            raise self.retry(exc=exc, countdown=countdown) from exc
+        logger.info("job %s %s", job_id, outcome)
+        return outcome
+
+    app.conf.timebatch_settings = settings
+    return app

@@ -75,7 +75,7 @@ def demo() -> None:
 
 
 def _load_demo(engine: Engine) -> None:
-    with Session(engine) as session:
+    with Session(engine, expire_on_commit=False) as session:
         created = load_demo(session)
         tokens = demo_tokens(session) if created else []
         session.commit()
@@ -108,7 +108,7 @@ def token() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON line")
 def token_create(person_id: int, read_only: bool, as_json: bool) -> None:
     """Create a personal token; it is printed once and stored only as a hash."""
-    with _engine() as engine, Session(engine) as session:
+    with _engine() as engine, Session(engine, expire_on_commit=False) as session:
         person = session.scalars(select(Person).where(Person.id == person_id)).one_or_none()
         if person is None:
             raise click.ClickException(f"person {person_id} does not exist")

@@ -93,6 +93,8 @@ ENTRY_COLUMNS = [getattr(TimeEntry, name) for name in COLUMNS] + [
     TimeEntry.service_id,
     TimeEntry.task_id,
     TimeEntry.approver_id,
+    TimeEntry.updater_id,
+    TimeEntry.last_actor_id,
 ]
 
 

@@ -198,6 +198,26 @@ def _finish(
     )
 
 
+def fail_unexpectedly(engine: Engine, job_id: uuid.UUID) -> None:
+    """Fail a job whose run raised something no retry can fix, so no client waits forever."""
+    error = ApiError.one(
+        500, "Internal error", "the job could not be processed because of an internal error"
+    )
+    with engine.begin() as connection:
+        connection.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(UNFINISHED))
+            .values(
+                status="failed",
+                result_status=error.status,
+                result_body=error.body(),
+                error_count=1,
+                finished_at=func.now(),
+                heartbeat_at=None,
+            )
+        )
+
+
 def cancel_job(session: Session, job: Job) -> bool:
     """Cancel a job that has not started; False when it is already running or finished."""
     canceled = session.execute(

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from shared.db import make_engine
-from shared.jobs import run_job
+from shared.jobs import fail_unexpectedly, run_job
 from shared.queue import PROCESS_JOB, create_celery
 from shared.settings import Settings
 
@@ -57,6 +57,8 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
             )
         except Exception as exc:
             if not is_transient(exc):
+                logger.exception("job %s failed with an internal error", job_id)
+                fail_unexpectedly(holder.engine, uuid.UUID(job_id))
                 raise
             countdown = min(2**self.request.retries, 60)
             logger.warning("job %s hit a transient database error; retrying", job_id)

@@ -12,7 +12,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from shared.costs import CurrencyBook, entry_costs
-from shared.models import ExchangeRate, Organization, Person, Service, Task, TimeEntry
+from shared.models import (
+    ApprovalStatus,
+    ExchangeRate,
+    Organization,
+    Person,
+    Service,
+    Task,
+    TimeEntry,
+)
 from shared.tokens import create_token
 
 ORGANIZATIONS: list[dict[str, Any]] = [
@@ -84,13 +92,18 @@ TASKS: list[dict[str, Any]] = [
     {"id": 312, "organization_id": 2111, "service_id": 1223, "title": "Storyboard"},
     {"id": 402, "organization_id": 2112, "service_id": 2213, "title": "Audit"},
 ]
-# Entries the spec's update, delete, approve and unapprove bodies name, in Demo Agency.
+# Entries the spec's update, delete, approve and unapprove bodies name. Most are in Demo
+# Agency; 235 and 236 are in Workflow Studio, so that the spec's first approve example (one
+# entry approved, one still waiting for another approver) comes out as shown when Wanda (7793)
+# sends it: 235 is Wes's, whose only approver is the service's (Wanda); 236 is Will's, who
+# also needs his manager Wes.
 ENTRY_IDS = {
     "update": (223, 224),
     "delete": (231, 232),
     "approve": (235, 236, 237, 238),
     "unapprove": (249, 250),
 }
+WORKFLOW_ENTRIES = {235: (7792, (7793,)), 236: (7791, (7792, 7793))}
 FIRST_FREE_ENTRY_ID = 1000
 
 
@@ -102,13 +115,15 @@ def _demo_entries() -> list[dict[str, Any]]:
     for purpose, ids in ENTRY_IDS.items():
         for n, entry_id in enumerate(ids):
             approved = purpose == "unapprove"
+            person_id, _ = WORKFLOW_ENTRIES.get(entry_id, (7781, ()))
+            workflow = entry_id in WORKFLOW_ENTRIES
             rows.append(
                 {
                     "id": entry_id,
-                    "organization_id": 2110,
-                    "person_id": 7781,
-                    "service_id": 1213,
-                    "task_id": 302,
+                    "organization_id": 2111 if workflow else 2110,
+                    "person_id": person_id,
+                    "service_id": 1223 if workflow else 1213,
+                    "task_id": 312 if workflow else 302,
                     "date": dt.date(2016, 10, 1),
                     "time": 480,
                     "billable_time": 480,
@@ -116,9 +131,9 @@ def _demo_entries() -> list[dict[str, Any]]:
                     "approved": approved,
                     "approved_at": approved_at if approved else None,
                     "approver_id": 7783 if approved else None,
-                    "creator_id": 7781,
-                    "updater_id": 7781,
-                    "last_actor_id": 7781,
+                    "creator_id": person_id,
+                    "updater_id": person_id,
+                    "last_actor_id": person_id,
                     **costs,
                 }
             )
@@ -149,8 +164,16 @@ def load_demo(session: Session) -> bool:
         fresh = [r for r in rows if r["organization_id"] in new_ids]
         for row in fresh:
             session.execute(pg_insert(model).values(**row).on_conflict_do_nothing())
-    if 2110 in new_ids:
+    if {2110, 2111} <= new_ids:
         session.execute(pg_insert(TimeEntry).on_conflict_do_nothing(), _demo_entries())
+        session.execute(
+            pg_insert(ApprovalStatus).on_conflict_do_nothing(),
+            [
+                {"time_entry_id": entry_id, "approver_id": approver, "status": "pending"}
+                for entry_id, (_, approvers) in WORKFLOW_ENTRIES.items()
+                for approver in approvers
+            ],
+        )
     # Spec ids are small; API-created entries start above them.
     session.execute(
         text(

@@ -1,0 +1,186 @@
+"""Fixtures: servers -> databases -> app -> client -> session -> factories.
+
+PostgreSQL and Redis come from TEST_DATABASE_URL / TEST_BROKER_URL when set, otherwise from
+embedded servers started for this test session. Two databases are made fresh by migrations:
+one where every test runs in a transaction rolled back at its end, and one, committed, that
+a real Celery worker process reads for the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Connection, Engine, create_engine, make_url, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from api import create_app
+from shared import migrate
+from shared.db import make_engine
+from shared.demo import load_demo
+from shared.embedded import start_embedded
+from shared.models import Person
+from shared.settings import Settings
+from shared.tokens import create_token
+from tests.factories import Factories
+
+BULK = "application/vnd.api+json; ext=bulk"
+
+
+def _recreate_database(admin_url: str, name: str) -> str:
+    url = make_url(admin_url)
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    database_url = os.environ.get("TEST_DATABASE_URL")
+    broker_url = os.environ.get("TEST_BROKER_URL")
+    if database_url and broker_url:
+        yield database_url, broker_url
+        return
+    embedded = start_embedded(tmp_path_factory.mktemp("embedded"))
+    try:
+        yield embedded.database_url, embedded.broker_url
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+
+def _settings(database_url: str, broker_url: str, data_dir: Path, queue: str) -> Settings:
+    return Settings.from_env(
+        {
+            "DATABASE_URL": database_url,
+            "BROKER_URL": broker_url,
+            "TIMEBATCH_DATA_DIR": str(data_dir),
+            "TIMEBATCH_QUEUE": queue,
+            "TIMEBATCH_JOB_TIME_LIMIT": "120",
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def settings(
+    servers: tuple[str, str], run_id: str, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    database_url = _recreate_database(servers[0], f"timebatch_test_{run_id}")
+    return _settings(
+        database_url, servers[1], tmp_path_factory.mktemp("data"), f"timebatch-test-{run_id}"
+    )
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings) -> Iterator[Engine]:
+    engine = make_engine(settings)
+    migrate.upgrade(engine)
+    with Session(engine) as session:
+        load_demo(session)
+        session.commit()
+    yield engine
+    engine.dispose()
+    _drop(settings)
+
+
+def _drop(settings: Settings) -> None:
+    url = make_url(settings.sqlalchemy_url)
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def connection(engine: Engine) -> Iterator[Connection]:
+    connection = engine.connect()
+    transaction = connection.begin()
+    yield connection
+    transaction.rollback()
+    connection.close()
+
+
+@pytest.fixture
+def sessions(connection: Connection) -> sessionmaker[Session]:
+    # Commits inside the code under test become savepoints of the test's transaction.
+    return sessionmaker(
+        bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+    )
+
+
+@pytest.fixture
+def session(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    session = sessions()
+    yield session
+    session.close()
+
+
+class PublishLog(list[str]):
+    """Job ids the app published; API tests check what would have reached the broker."""
+
+    def __call__(self, job_id: str) -> None:
+        self.append(job_id)
+
+
+@pytest.fixture
+def published() -> PublishLog:
+    return PublishLog()
+
+
+@pytest.fixture
+def app(settings: Settings, sessions: sessionmaker[Session], published: PublishLog) -> Flask:
+    return create_app(settings, sessions=sessions, publish=published)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def factories(session: Session) -> Factories:
+    return Factories(session)
+
+
+def token_for(session: Session, person_id: int, *, read_only: bool = False) -> dict[str, str]:
+    """Headers of a fresh token of a person."""
+    person = session.get_one(Person, person_id)
+    token = create_token(session, person, read_only=read_only)
+    return {"X-Auth-Token": token, "X-Organization-Id": str(person.organization_id)}
+
+
+@pytest.fixture
+def auth(session: Session) -> Any:
+    def make(person_id: int = 7781, *, read_only: bool = False) -> dict[str, str]:
+        return token_for(session, person_id, read_only=read_only)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def broker(settings: Settings) -> Iterator[redis.Redis | None]:
+    url = settings.celery_broker_url
+    if not url.startswith(("redis://", "redis+socket://")):
+        yield None
+        return
+    if url.startswith("redis+socket://"):
+        client = redis.Redis(unix_socket_path=url.removeprefix("redis+socket://"))
+    else:
+        client = redis.Redis.from_url(url)
+    yield client
+    client.delete(settings.queue)
+    client.close()

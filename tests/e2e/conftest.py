@@ -1,0 +1,149 @@
+"""A committed database, a real Celery worker process and a live broker for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from api import create_app
+from shared import migrate
+from shared.db import make_engine, make_session_factory
+from shared.demo import load_demo
+from shared.settings import Settings
+from tests.conftest import _drop, _recreate_database, _settings, token_for
+from tests.jobclient import JobClient
+
+TABLES = "organizations, exchange_rates, people, api_tokens, services, tasks, time_entries, approval_statuses, jobs"
+
+
+@pytest.fixture(scope="session")
+def e2e_settings(
+    servers: tuple[str, str], run_id: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    database_url = _recreate_database(servers[0], f"timebatch_e2e_{run_id}")
+    settings = _settings(
+        database_url, servers[1], tmp_path_factory.mktemp("e2e"), f"timebatch-e2e-{run_id}"
+    )
+    engine = make_engine(settings)
+    migrate.upgrade(engine)
+    engine.dispose()
+    yield settings
+    _drop(settings)
+
+
+@pytest.fixture(scope="session")
+def e2e_engine(e2e_settings: Settings) -> Iterator[Engine]:
+    engine = make_engine(e2e_settings)
+    yield engine
+    engine.dispose()
+
+
+class WorkerProcess:
+    """A real `celery worker` for the e2e queue, in its own process group."""
+
+    def __init__(self, settings: Settings, log: Path, name: str) -> None:
+        self.settings = settings
+        self.log = log
+        self.name = name
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> None:
+        env = os.environ | self.settings.as_env()
+        celery = str(Path(sys.executable).parent / "celery")
+        command = [
+            celery, "-A", "worker.main", "worker", "--loglevel", "INFO",
+            "--concurrency", "2", "--queues", self.settings.queue,
+            "--hostname", f"{self.name}@%h", "--without-gossip", "--without-mingle",
+        ]  # fmt: skip
+        self.log.write_bytes(b"")
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if b" ready." in self.log.read_bytes():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"worker did not start:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=30)
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def worker(e2e_settings: Settings, run_id: str) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(e2e_settings, e2e_settings.data_dir / "worker.log", f"e2e-{run_id}")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def e2e_db(e2e_engine: Engine) -> Engine:
+    """Fresh demo data, committed, for each test."""
+    with Session(e2e_engine) as session:
+        session.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+        load_demo(session)
+        session.commit()
+    return e2e_engine
+
+
+@pytest.fixture
+def e2e_app(e2e_settings: Settings, e2e_db: Engine) -> Flask:
+    return create_app(e2e_settings, sessions=make_session_factory(e2e_db))
+
+
+@pytest.fixture
+def e2e_client(e2e_app: Flask) -> FlaskClient:
+    return e2e_app.test_client()
+
+
+@pytest.fixture
+def e2e_auth(e2e_db: Engine) -> Any:
+    def make(person_id: int = 7781, *, read_only: bool = False) -> dict[str, str]:
+        with Session(e2e_db) as session:
+            headers = token_for(session, person_id, read_only=read_only)
+            session.commit()
+        return headers
+
+    return make
+
+
+@pytest.fixture
+def jobs(e2e_client: FlaskClient, worker: WorkerProcess) -> JobClient:
+    return JobClient(e2e_client)

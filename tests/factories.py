@@ -1,0 +1,79 @@
+"""Factories for test data: they flush, never commit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from shared.models import ApprovalStatus, Organization, Person, Service, Task, TimeEntry
+
+_ids = itertools.count(900_000)
+
+
+class Factories:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def _add(self, obj: Any) -> Any:
+        self.session.add(obj)
+        self.session.flush()
+        return obj
+
+    def organization(self, **values: Any) -> Organization:
+        values = {
+            "id": next(_ids),
+            "name": "Test Org",
+            "default_currency": "USD",
+            "reporting_currency": "EUR",
+            "time_zone": "Europe/Berlin",
+        } | values
+        return self._add(Organization(**values))  # type: ignore[no-any-return]
+
+    def person(self, organization_id: int = 2110, **values: Any) -> Person:
+        values = {
+            "id": next(_ids),
+            "organization_id": organization_id,
+            "first_name": "Test",
+            "last_name": "Person",
+            "cost_rate": 2000,
+            "cost_rate_currency": "EUR",
+        } | values
+        return self._add(Person(**values))  # type: ignore[no-any-return]
+
+    def service(self, organization_id: int = 2110, **values: Any) -> Service:
+        values = {"id": next(_ids), "organization_id": organization_id, "name": "S"} | values
+        return self._add(Service(**values))  # type: ignore[no-any-return]
+
+    def task(self, service: Service, **values: Any) -> Task:
+        values = {
+            "id": next(_ids),
+            "organization_id": service.organization_id,
+            "service_id": service.id,
+            "title": "T",
+        } | values
+        return self._add(Task(**values))  # type: ignore[no-any-return]
+
+    def entry(self, **values: Any) -> TimeEntry:
+        values = {
+            "organization_id": 2110,
+            "person_id": 7781,
+            "service_id": 1213,
+            "date": dt.date(2026, 1, 5),
+            "time": 60,
+            "billable_time": 60,
+            "currency": "EUR",
+            "currency_default": "USD",
+            "currency_normalized": "EUR",
+            "cost": 2000,
+            "cost_default": 2500,
+            "cost_normalized": 2000,
+        } | values
+        return self._add(TimeEntry(**values))  # type: ignore[no-any-return]
+
+    def approval_status(self, entry: TimeEntry, approver_id: int, **values: Any) -> ApprovalStatus:
+        return self._add(  # type: ignore[no-any-return]
+            ApprovalStatus(time_entry_id=entry.id, approver_id=approver_id, **values)
+        )

@@ -45,7 +45,7 @@ def create_app(
     app.extensions["timebatch"] = AppServices(
         settings=settings,
         sessions=sessions,
-        publish=publish or publish_or_defer,
+        publish=publish if publish is not None else publish_or_defer,
         broker_ping=broker_ping,
     )
     app.teardown_appcontext(close_db)

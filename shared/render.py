@@ -84,7 +84,7 @@ class EntryRenderer:
         self.zone = ZoneInfo(time_zone)
         self.organization = {"data": {"type": "organizations", "id": str(organization_id)}}
 
-    def resource(self, row: Mapping[str, Any]) -> dict[str, Any]:
+    def resource(self, row: Mapping[Any, Any]) -> dict[str, Any]:
         attributes: dict[str, Any] = {}
         zone = self.zone
         for name in ATTRIBUTES:
@@ -105,5 +105,5 @@ class EntryRenderer:
             "relationships": relationships,
         }
 
-    def collection(self, rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    def collection(self, rows: Iterable[Mapping[Any, Any]]) -> dict[str, Any]:
         return {"data": [self.resource(row) for row in rows], "meta": {}}

@@ -49,7 +49,7 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     app = create_celery(settings)
     holder = EngineHolder(settings)
 
-    @app.task(name=PROCESS_JOB, bind=True, max_retries=settings.job_max_attempts)
+    @app.task(name=PROCESS_JOB, bind=True, max_retries=settings.job_max_attempts)  # type: ignore[untyped-decorator]
     def process_job(self: Task[[str], str], job_id: str) -> str:
         try:
             outcome = run_job(

@@ -1,0 +1,309 @@
+"""Submissions: negotiation, validation with pointers, job creation, publish after commit."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api import create_app
+from shared.models import Job
+from shared.settings import Settings
+from tests.conftest import BULK
+
+
+def entry(**attributes: Any) -> dict[str, Any]:
+    return {
+        "type": "time_entries",
+        "attributes": {"date": "2026-01-02", "time": 60} | attributes,
+        "relationships": {
+            "person": {"data": {"type": "people", "id": "7781"}},
+            "service": {"data": {"type": "services", "id": 1213}},
+        },
+    }
+
+
+def post(client: FlaskClient, headers: dict[str, str], body: Any, **extra: str) -> Any:
+    raw = body if isinstance(body, bytes) else None
+    return client.post(
+        "/api/v2/time_entries",
+        data=raw,
+        json=None if raw is not None else body,
+        headers={"Content-Type": BULK} | headers | extra,
+    )
+
+
+def jobs_count(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Job)) or 0
+
+
+def pointers(response: Any) -> list[str]:
+    return [e["source"]["pointer"] for e in response.json["errors"]]
+
+
+def test_accepted_submission_is_a_job(
+    client: FlaskClient, auth: Any, session: Session, published: list[str]
+) -> None:
+    response = post(client, auth(), {"data": [entry(), entry(note="b")]})
+    assert response.status_code == 202
+    job = response.json["data"]
+    assert job["type"] == "jobs"
+    assert job["attributes"]["status"] == "queued"
+    assert job["attributes"]["operation"] == "create"
+    assert job["attributes"]["total"] == 2
+    assert job["attributes"]["processed"] == 0
+    location = f"/api/v2/jobs/{job['id']}"
+    assert response.headers["Location"] == location
+    assert response.headers["Content-Location"] == location
+    assert int(response.headers["Retry-After"]) >= 1
+    assert published == [job["id"]]
+    stored = session.get_one(Job, __import__("uuid").UUID(job["id"]))
+    assert stored.batch == [
+        {"date": "2026-01-02", "time": 60, "person_id": 7781, "service_id": 1213},
+        {"date": "2026-01-02", "time": 60, "note": "b", "person_id": 7781, "service_id": 1213},
+    ]
+    polled = client.get(location, headers=auth())
+    assert polled.status_code == 200
+    assert polled.json["data"]["id"] == job["id"]
+    assert "Retry-After" in polled.headers
+    early = client.get(location + "/result", headers=auth())
+    assert early.status_code == 409
+    assert early.json["errors"][0]["title"] == "Job not finished"
+
+
+def test_rolled_back_request_publishes_nothing(
+    settings: Settings, sessions: sessionmaker[Session], auth: Any, session: Session
+) -> None:
+    published: list[str] = []
+
+    class FailingCommit(Session):
+        def commit(self) -> None:
+            raise RuntimeError("database went away at commit")
+
+    failing = sessionmaker(
+        bind=sessions.kw["bind"], class_=FailingCommit, join_transaction_mode="create_savepoint"
+    )
+    app = create_app(settings, sessions=failing, publish=published.append)
+    before = jobs_count(session)
+    response = post(app.test_client(), auth(), {"data": [entry()]})
+    assert response.status_code == 500
+    assert published == []
+    assert jobs_count(session) == before
+
+
+def test_delete_approve_and_unapprove_routes(client: FlaskClient, auth: Any) -> None:
+    body = {"data": [{"type": "time_entries", "id": "223"}]}
+    headers = auth(7783) | {"Content-Type": BULK}
+    for method, path, operation in (
+        ("DELETE", "/api/v2/time_entries", "delete"),
+        ("PATCH", "/api/v2/time_entries/approve", "approve"),
+        ("PATCH", "/api/v2/time_entries/unapprove", "unapprove"),
+    ):
+        response = client.open(path, method=method, json=body, headers=headers)
+        assert response.status_code == 202, response.json
+        assert response.json["data"]["attributes"]["operation"] == operation
+
+
+def test_for_all_approvers_from_body_or_query(
+    client: FlaskClient, auth: Any, session: Session
+) -> None:
+    headers = auth(7783) | {"Content-Type": BULK}
+    ids = []
+    for path, body in (
+        ("/api/v2/time_entries/approve", {"for_all_approvers": True, "data": [{"type": "time_entries", "id": 1}]}),
+        ("/api/v2/time_entries/approve?for_all_approvers=true", {"data": [{"type": "time_entries", "id": 1}]}),
+        ("/api/v2/time_entries/approve", {"data": [{"type": "time_entries", "id": 1}]}),
+    ):  # fmt: skip
+        response = client.patch(path, json=body, headers=headers)
+        assert response.status_code == 202
+        ids.append(response.json["data"]["id"])
+    options = [session.get_one(Job, __import__("uuid").UUID(i)).options for i in ids]
+    assert options == [
+        {"for_all_approvers": True},
+        {"for_all_approvers": True},
+        {"for_all_approvers": False},
+    ]
+    bad = client.patch(
+        "/api/v2/time_entries/approve?for_all_approvers=maybe",
+        json={"data": [{"type": "time_entries", "id": 1}]},
+        headers=headers,
+    )
+    assert bad.status_code == 400
+    assert bad.json["errors"][0]["source"] == {"parameter": "for_all_approvers"}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "accept", "status"),
+    [
+        ("application/json", None, 415),
+        ("application/vnd.api+json", None, 415),
+        ("text/plain", None, 415),
+        (BULK, "text/html", 406),
+        (BULK, "application/json", 406),
+        (BULK, "application/vnd.api+json; q=0", 406),
+        (BULK, "*/*", 202),
+        (BULK, "application/vnd.api+json", 202),
+        (BULK, 'application/vnd.api+json; ext="bulk"', 202),
+        ('application/vnd.api+json; ext="bulk"', None, 202),
+    ],
+)
+def test_negotiation(
+    client: FlaskClient,
+    auth: Any,
+    session: Session,
+    content_type: str,
+    accept: str | None,
+    status: int,
+) -> None:
+    headers = auth() | {"Content-Type": content_type}
+    if accept is not None:
+        headers["Accept"] = accept
+    before = jobs_count(session)
+    response = client.post("/api/v2/time_entries", json={"data": [entry()]}, headers=headers)
+    assert response.status_code == status
+    assert response.content_type == "application/vnd.api+json; charset=utf-8"
+    assert jobs_count(session) == before + (1 if status == 202 else 0)
+
+
+def test_oversized_body_is_413(
+    settings: Settings, sessions: sessionmaker[Session], auth: Any
+) -> None:
+    small = dataclasses.replace(settings, max_body_bytes=2048)
+    app = create_app(small, sessions=sessions, publish=lambda _: None)
+    response = post(app.test_client(), auth(), {"data": [entry(note="x" * 4000)]})
+    assert response.status_code == 413
+    assert response.json["errors"][0]["status"] == "413"
+
+
+def test_batch_over_the_limit_is_413_naming_it(
+    settings: Settings, sessions: sessionmaker[Session], auth: Any
+) -> None:
+    limited = dataclasses.replace(settings, max_batch_size=3)
+    app = create_app(limited, sessions=sessions, publish=lambda _: None)
+    response = post(app.test_client(), auth(), {"data": [entry()] * 4})
+    assert response.status_code == 413
+    assert "at most 3 entries" in response.json["errors"][0]["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "expected"),
+    [
+        (b"{not json", 400, [""]),
+        (b"", 400, [""]),
+        (b"[]", 400, [""]),
+        ({"data": []}, 400, ["/data"]),
+        ({"data": {"type": "time_entries"}}, 400, ["/data"]),
+        ({"data": [entry()], "extra": 1}, 400, ["/extra"]),
+        ({"data": [5]}, 400, ["/data/0"]),
+        ({"data": [entry() | {"type": "people"}]}, 409, ["/data/0/type"]),
+        ({"data": [entry() | {"id": "12"}]}, 403, ["/data/0/id"]),
+        ({"data": [entry(date="2026-02-30")]}, 422, ["/data/0/attributes/date"]),
+        ({"data": [entry(date="26-01-01")]}, 422, ["/data/0/attributes/date"]),
+        ({"data": [entry(time=-1)]}, 422, ["/data/0/attributes/time"]),
+        ({"data": [entry(time="60")]}, 422, ["/data/0/attributes/time"]),
+        ({"data": [entry(time=True)]}, 422, ["/data/0/attributes/time"]),
+        ({"data": [entry(note=5)]}, 422, ["/data/0/attributes/note"]),
+        ({"data": [entry(cost=1)]}, 400, ["/data/0/attributes/cost"]),
+        ({"data": [entry(colour="red")]}, 400, ["/data/0/attributes/colour"]),
+        (
+            {"data": [entry(), entry(time=-5, date="x")]},
+            422,
+            ["/data/1/attributes/date", "/data/1/attributes/time"],
+        ),
+        (
+            {"data": [{"type": "time_entries", "attributes": {"time": 5}}]},
+            422,
+            ["/data/0/attributes/date", "/data/0/relationships/person", "/data/0/relationships/service"],
+        ),
+        (
+            {"data": [entry() | {"relationships": {"person": {"data": {"type": "services", "id": 1}}}}]},
+            400,
+            ["/data/0/relationships/person/data/type", "/data/0/relationships/service"],
+        ),
+        (
+            {"data": [entry() | {"relationships": {"approver": {"data": None}}}]},
+            400,
+            ["/data/0/relationships/approver", "/data/0/relationships/person", "/data/0/relationships/service"],
+        ),
+    ],
+)  # fmt: skip
+def test_bad_documents_make_no_job(
+    client: FlaskClient,
+    auth: Any,
+    session: Session,
+    published: list[str],
+    body: Any,
+    status: int,
+    expected: list[str],
+) -> None:
+    before = jobs_count(session)
+    response = post(client, auth(), body)
+    assert response.status_code == status, response.json
+    assert sorted(pointers(response)) == sorted(expected)
+    for error in response.json["errors"]:
+        assert error["title"] and error["detail"]
+    assert jobs_count(session) == before
+    assert published == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "expected"),
+    [
+        ({"data": [{"type": "time_entries"}]}, 400, ["/data/0/id"]),
+        ({"data": [{"type": "time_entries", "id": "abc"}]}, 400, ["/data/0/id"]),
+        ({"data": [{"type": "time_entries", "id": -3}]}, 400, ["/data/0/id"]),
+        ({"data": [{"type": "time_entries", "id": 1.5}]}, 400, ["/data/0/id"]),
+        (
+            {"data": [{"type": "time_entries", "id": 7}, {"type": "time_entries", "id": "7"}]},
+            422,
+            ["/data/1/id"],
+        ),
+        (
+            {"data": [{"type": "time_entries", "id": 7, "attributes": {"note": "x"}}]},
+            400,
+            ["/data/0/attributes"],
+        ),
+    ],
+)
+def test_bad_delete_documents(
+    client: FlaskClient, auth: Any, body: Any, status: int, expected: list[str]
+) -> None:
+    response = client.delete(
+        "/api/v2/time_entries", json=body, headers=auth() | {"Content-Type": BULK}
+    )
+    assert response.status_code == status
+    assert pointers(response) == expected
+
+
+def test_update_needs_ids(client: FlaskClient, auth: Any) -> None:
+    response = client.patch(
+        "/api/v2/time_entries",
+        json={"data": [{"type": "time_entries", "attributes": {"note": "x"}}]},
+        headers=auth() | {"Content-Type": BULK},
+    )
+    assert response.status_code == 400
+    assert pointers(response) == ["/data/0/id"]
+
+
+def test_job_cancel(client: FlaskClient, auth: Any, session: Session) -> None:
+    accepted = post(client, auth(), {"data": [entry()]})
+    location = accepted.headers["Location"]
+    canceled = client.delete(location, headers=auth())
+    assert canceled.status_code == 200
+    assert canceled.json["data"]["attributes"]["status"] == "canceled"
+    again = client.delete(location, headers=auth())
+    assert again.status_code == 409
+    assert client.get(location + "/result", headers=auth()).status_code == 409
+
+
+def test_jobs_of_another_organization_are_invisible(client: FlaskClient, auth: Any) -> None:
+    accepted = post(client, auth(7781), {"data": [entry()]})
+    location = accepted.headers["Location"]
+    other = auth(8881)
+    assert client.get(location, headers=other).status_code == 404
+    assert client.get(location + "/result", headers=other).status_code == 404
+    assert client.delete(location, headers=other).status_code == 404

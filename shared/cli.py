@@ -146,3 +146,22 @@ def run() -> None:
         )
         code = run_stack(settings)
     sys.exit(code)
+
+
+@main.group()
+def jobs() -> None:
+    """Jobs."""
+
+
+@jobs.command("recover")
+def jobs_recover() -> None:
+    """Re-publish jobs stuck in queued (never published, message lost) or running (worker died)."""
+    from worker.app import create_worker_app, recover_jobs
+
+    with embedded_settings(_settings()) as settings:
+        engine = make_engine(settings)
+        try:
+            count = recover_jobs(engine, settings, create_worker_app(settings))
+        finally:
+            engine.dispose()
+    click.echo(f"re-published {count} job(s)")

@@ -21,7 +21,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend": None,
         "task_ignore_result": True,
         "task_default_queue": settings.queue,
-        "task_routes": {PROCESS_JOB: {"queue": settings.queue}},
+        "task_routes": {
+            PROCESS_JOB: {"queue": settings.queue},
+            SWEEP_JOBS: {"queue": settings.queue},
+        },
         # A job's effect commits with its status; acking late means a lost worker's job is
         # delivered again, and the job lock makes the second delivery harmless.
         "task_acks_late": True,
@@ -31,7 +34,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_time_limit": hard_limit,
         # Redis redelivers unacked messages after the visibility timeout: keep it well above
         # the hard limit so a healthy long job is not handed to a second worker.
-        "broker_transport_options": {"visibility_timeout": hard_limit * 4},
+        # max_retries 0: a publish to a dead broker fails at once instead of retrying for
+        # seconds inside a web request (the sweeper publishes the job later).
+        "broker_transport_options": {"visibility_timeout": hard_limit * 4, "max_retries": 0},
         "broker_connection_retry_on_startup": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # A web request must not hang on a dead broker: the job row is stored already and the

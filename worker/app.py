@@ -9,10 +9,12 @@ from celery import Celery, Task
 from celery.utils.log import get_task_logger
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
 
 from shared.db import make_engine
 from shared.jobs import fail_unexpectedly, run_job
-from shared.queue import PROCESS_JOB, create_celery
+from shared.queue import PROCESS_JOB, SWEEP_JOBS, create_celery, publish_job
+from shared.sweeper import stuck_jobs
 from shared.settings import Settings
 
 logger = get_task_logger(__name__)
@@ -66,5 +68,27 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
         logger.info("job %s %s", job_id, outcome)
         return outcome
 
+    @app.task(name=SWEEP_JOBS, acks_late=False)  # type: ignore[untyped-decorator]
+    def sweep_jobs() -> int:
+        return recover_jobs(holder.engine, settings, app)
+
+    app.conf.beat_schedule = {
+        "sweep-stuck-jobs": {
+            "task": SWEEP_JOBS,
+            "schedule": float(settings.sweep_interval),
+            "options": {"expires": float(settings.sweep_interval)},
+        }
+    }
     app.conf.timebatch_settings = settings
     return app
+
+
+def recover_jobs(engine: Engine, settings: Settings, app: Celery) -> int:
+    """Re-publish stuck jobs; returns how many. Publishing happens after the claim commits."""
+    with Session(engine) as session, session.begin():
+        ids = stuck_jobs(session, queued_grace=settings.queued_grace, lease=settings.job_lease)
+    for job_id in ids:
+        publish_job(app, job_id)
+    if ids:
+        logger.warning("re-published %d stuck jobs", len(ids))
+    return len(ids)

@@ -261,3 +261,31 @@ def test_ten_thousand_entries(
     assert len(outcome.document["data"]) == 10_000
     assert entry_count(e2e_db) == before + 10_000
     print(f"\n10,000-entry create: {elapsed:.2f}s from submit to result, {outcome.polls} polls")
+
+
+def test_job_accepted_while_the_broker_is_down_is_recovered_by_the_sweeper(
+    e2e_settings: Settings, e2e_db: Engine, e2e_auth: Any, worker: WorkerProcess
+) -> None:
+    import dataclasses
+
+    from api import create_app
+    from shared.db import make_session_factory
+    from worker.app import create_worker_app, recover_jobs
+
+    down = dataclasses.replace(e2e_settings, broker_url="redis://127.0.0.1:9/0")
+    client = create_app(down, sessions=make_session_factory(e2e_db)).test_client()
+    headers = e2e_auth(7781)
+    accepted = JobClient(client).submit("POST", "/api/v2/time_entries", create_doc(3), headers)
+    assert accepted.status_code == 202
+    job_id = accepted.json["data"]["id"]  # type: ignore[index]
+    with Session(e2e_db) as session:
+        session.execute(
+            text("UPDATE jobs SET created_at = now() - interval '1 hour' WHERE id = :id"),
+            {"id": job_id},
+        )
+        session.commit()
+    assert recover_jobs(e2e_db, e2e_settings, create_worker_app(e2e_settings)) == 1
+    assert recover_jobs(e2e_db, e2e_settings, create_worker_app(e2e_settings)) == 0
+    live = create_app(e2e_settings, sessions=make_session_factory(e2e_db)).test_client()
+    outcome = JobClient(live).follow(accepted, headers)
+    assert outcome.status == 201

@@ -1,0 +1,45 @@
+"""Re-publish jobs that were accepted but are not moving: the job row is the source of truth.
+
+A job stays `queued` past the grace period when its message never reached the broker (it
+was down) or was lost with it; it stays `running` with a stale heartbeat when its worker
+died. Publishing such a job again is always safe: the job lock makes a second delivery of a
+job that is in fact still running a no-op.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from shared.models import Job
+
+
+def stuck_jobs(session: Session, *, queued_grace: int, lease: int, limit: int = 500) -> list[str]:
+    """Claim up to `limit` stuck jobs for re-publishing; the caller publishes after commit."""
+    now = dt.datetime.now(dt.UTC)
+    queued_before = now - dt.timedelta(seconds=queued_grace)
+    heartbeat_before = now - dt.timedelta(seconds=lease)
+    ids = list(
+        session.scalars(
+            select(Job.id)
+            .where(
+                or_(
+                    (Job.status == "queued")
+                    & (Job.created_at < queued_before)
+                    & (Job.published_at.is_(None) | (Job.published_at < queued_before)),
+                    (Job.status == "running")
+                    & (Job.heartbeat_at < heartbeat_before)
+                    & (Job.published_at.is_(None) | (Job.published_at < heartbeat_before)),
+                )
+            )
+            .order_by(Job.created_at)
+            .limit(limit)
+            # Several beat or CLI sweepers may run at once: each job is claimed by one of them.
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if ids:
+        session.execute(update(Job).where(Job.id.in_(ids)).values(published_at=now))
+    return [str(i) for i in ids]

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import RowMapping, delete, insert, text
+from sqlalchemy import RowMapping, delete, text
 from sqlalchemy.orm import Session
 
 from shared.approval import add_pending_statuses, approve_all_people, required_approvers
@@ -51,6 +51,7 @@ class _Refs:
         self.tasks = tasks_by_id(
             session, ctx, {i["task_id"] for i in items if i.get("task_id") is not None}
         )
+        self.costs: dict[tuple[int, int, str], dict[str, int | str]] = {}
 
 
 def _derive(
@@ -99,15 +100,20 @@ def _derive(
         return None
     assert person.cost_rate is not None and person.cost_rate_currency is not None
     org = ctx.organization
+    key = (values["time"], person.cost_rate, person.cost_rate_currency)
     try:
-        costs = entry_costs(
-            values["time"],
-            person.cost_rate,
-            person.cost_rate_currency,
-            ctx.book,
-            internal_overhead_rate=org.internal_overhead_rate,
-            facility_overhead_rate=org.facility_overhead_rate,
-        )
+        # Batches repeat a few (time, rate) pairs many times; the exact arithmetic is costly.
+        costs = refs.costs.get(key)
+        if costs is None:
+            costs = refs.costs[key] = entry_costs(
+                values["time"],
+                person.cost_rate,
+                person.cost_rate_currency,
+                ctx.book,
+                internal_overhead_rate=org.internal_overhead_rate,
+                facility_overhead_rate=org.facility_overhead_rate,
+            )
+        costs = dict(costs)
     except MissingExchangeRate as exc:
         problems.append(
             Problem(
@@ -120,10 +126,6 @@ def _derive(
         return None
     costs["billable_time"] = values["time"] if service.billable else 0
     return costs
-
-
-def _returning() -> Any:
-    return [getattr(TimeEntry, name) for name in COLUMNS]
 
 
 def create_entries(
@@ -164,10 +166,12 @@ def create_entries(
             )
             for r in rows
         ]
-    statement = insert(TimeEntry).returning(*_returning(), sort_by_parameter_order=True)
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start : start + CHUNK]
-        written.extend(session.execute(statement, chunk).mappings().all())
+        params = {name: [row[name] for row in chunk] for name, _ in INSERTABLE}
+        returned = session.execute(_INSERT_SQL, params).mappings().all()
+        # Ids come from the sequence in insertion order, and rows go in in batch order.
+        written.extend(sorted(returned, key=lambda row: row["id"]))
         progress(len(written))
     if ctx.organization.approval_workflow:
         add_pending_statuses(session, {row["id"]: approvers[n] for n, row in enumerate(written)})
@@ -308,3 +312,26 @@ def delete_entries(
             )
         )
         progress(start + len(chunk))
+
+
+INSERTABLE: tuple[tuple[str, str], ...] = (
+    *UPDATABLE,
+    ("organization_id", "bigint"),
+    ("creator_id", "bigint"),
+    ("created_at", "timestamptz"),
+    ("last_activity_at", "timestamptz"),
+)
+# One statement per chunk with one array parameter per column: a short query text that the
+# driver parses once, instead of a multi-row VALUES list with thousands of parameters.
+_INSERT_SQL = text(
+    "INSERT INTO time_entries ("
+    + ", ".join(name for name, _ in INSERTABLE)
+    + ") SELECT "
+    + ", ".join(f"v.{name}" for name, _ in INSERTABLE)
+    + " FROM unnest("
+    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in INSERTABLE)
+    + ") WITH ORDINALITY AS v("
+    + ", ".join(name for name, _ in INSERTABLE)
+    + ", n) ORDER BY v.n RETURNING "
+    + ", ".join(COLUMNS)
+)

@@ -179,9 +179,11 @@ class _Stack:
         self._colour = _isatty(sys.stdout)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
-            self._start_all()
-            self._supervise()
-            self._shutdown()
+            try:
+                self._start_all()
+                self._supervise()
+            finally:
+                self._shutdown()  # whatever happened, leave no process behind
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 from shared.db import make_engine
 from shared.jobs import fail_unexpectedly, run_job
 from shared.queue import PROCESS_JOB, SWEEP_JOBS, create_celery, publish_job
-from shared.sweeper import stuck_jobs
 from shared.settings import Settings
+from shared.sweeper import stuck_jobs
 
 logger = get_task_logger(__name__)
 

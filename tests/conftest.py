@@ -29,6 +29,7 @@ from shared.embedded import start_embedded
 from shared.models import Person
 from shared.settings import Settings
 from shared.tokens import create_token
+from tests.checked_client import CheckedClient
 from tests.factories import Factories
 
 BULK = "application/vnd.api+json; ext=bulk"
@@ -148,6 +149,7 @@ def app(settings: Settings, sessions: sessionmaker[Session], published: PublishL
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
+    app.test_client_class = CheckedClient
     return app.test_client()
 
 

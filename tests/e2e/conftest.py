@@ -23,6 +23,7 @@ from shared import migrate
 from shared.db import make_engine, make_session_factory
 from shared.demo import load_demo
 from shared.settings import Settings
+from tests.checked_client import CheckedClient
 from tests.conftest import _drop, _recreate_database, _settings, token_for
 from tests.jobclient import JobClient
 
@@ -129,6 +130,7 @@ def e2e_app(e2e_settings: Settings, e2e_db: Engine) -> Flask:
 
 @pytest.fixture
 def e2e_client(e2e_app: Flask) -> FlaskClient:
+    e2e_app.test_client_class = CheckedClient
     return e2e_app.test_client()
 
 

@@ -249,6 +249,31 @@ def test_prefer_wait_answers_with_the_final_result(jobs: JobClient, e2e_auth: An
     assert len(response.json["data"]) == 2  # type: ignore[index]
 
 
+def test_polling_with_prefer_wait_redirects_once_finished(
+    jobs: JobClient, e2e_auth: Any, e2e_client: Any
+) -> None:
+    headers = e2e_auth(7781)
+    accepted = jobs.submit("POST", "/api/v2/time_entries", create_doc(3), headers)
+    polled = e2e_client.get(accepted.headers["Location"], headers=headers | {"Prefer": "wait=30"})
+    assert polled.status_code == 303
+    assert polled.headers["Location"].endswith("/result")
+
+
+def worker_peak_rss(worker: WorkerProcess) -> int:
+    """Peak resident memory (bytes) of the biggest process in the worker's tree."""
+    import psutil
+
+    assert worker.process is not None
+    root = psutil.Process(worker.process.pid)
+    peaks = []
+    for process in [root, *root.children(recursive=True)]:
+        with open(f"/proc/{process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) * 1024)
+    return max(peaks)
+
+
 def test_ten_thousand_entries(
     jobs: JobClient, e2e_auth: Any, e2e_db: Engine, worker: WorkerProcess
 ) -> None:
@@ -260,7 +285,12 @@ def test_ten_thousand_entries(
     assert outcome.status == 201
     assert len(outcome.document["data"]) == 10_000
     assert entry_count(e2e_db) == before + 10_000
-    print(f"\n10,000-entry create: {elapsed:.2f}s from submit to result, {outcome.polls} polls")
+    peak = worker_peak_rss(worker)
+    print(
+        f"\n10,000-entry create: {elapsed:.2f}s from submit to result, {outcome.polls} polls,"
+        f" worker peak RSS {peak / 2**20:.0f} MiB"
+    )
+    assert peak < 2**30
 
 
 def test_job_accepted_while_the_broker_is_down_is_recovered_by_the_sweeper(

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from shared.approval import approve_entries, unapprove_entries
 from shared.context import load_context
-from shared.entries import create_entries, update_entries
+from shared.entries import create_entries, delete_entries, update_entries
 from shared.jsonapi import ApiError
 from shared.models import ApprovalStatus, TimeEntry
 from tests.factories import Factories
@@ -142,3 +142,27 @@ def test_update_after_unapprove_succeeds(session: Session, factories: Factories)
     unapprove_entries(session, load_context(session, 2110, 7783), [{"id": entry.id}], progress)
     row = update_entries(session, member, [{"id": entry.id, "note": "x"}], progress)[0]
     assert row["note"] == "x"
+
+
+def test_entry_without_any_approver_falls_back_to_approve_all_people(
+    session: Session, factories: Factories
+) -> None:
+    loner = factories.person(organization_id=2111)
+    service = factories.service(organization_id=2111)
+    row = create_entries(
+        session,
+        load_context(session, 2111, loner.id),
+        [{"date": "2026-03-02", "time": 60, "person_id": loner.id, "service_id": service.id}],
+        progress,
+    )[0]
+    assert statuses(session, row["id"]) == {7793: "pending"}
+
+
+def test_delete_after_unapprove_succeeds(session: Session, factories: Factories) -> None:
+    entry = factories.entry(approved=True)
+    member = load_context(session, 2110, 7781)
+    with pytest.raises(ApiError):
+        delete_entries(session, member, [{"id": entry.id}], progress)
+    unapprove_entries(session, load_context(session, 2110, 7783), [{"id": entry.id}], progress)
+    delete_entries(session, member, [{"id": entry.id}], progress)
+    assert session.get(TimeEntry, entry.id) is None

@@ -21,7 +21,7 @@ from shared.context import (
     services_by_id,
     tasks_by_id,
 )
-from shared.costs import MissingExchangeRate, entry_costs
+from shared.costs import COST_COLUMNS, MissingExchangeRate, entry_costs
 from shared.jsonapi import ApiError, Problem
 from shared.locks import edit_refusal
 from shared.models import Person, Service, Task, TimeEntry
@@ -36,6 +36,57 @@ CHUNK = 1000
 
 def may_edit_time_of(caller: Person, person_id: int) -> bool:
     return caller.id == person_id or caller.can_manage_time
+
+
+Columns = tuple[tuple[str, str], ...]
+
+UPDATABLE: Columns = (
+    ("date", "date"),
+    ("time", "integer"),
+    ("note", "text"),
+    ("person_id", "bigint"),
+    ("service_id", "bigint"),
+    ("task_id", "bigint"),
+    ("billable_time", "integer"),
+    ("currency", "text"),
+    ("currency_default", "text"),
+    ("currency_normalized", "text"),
+    *((name, "bigint") for name in COST_COLUMNS),
+    ("updated_at", "timestamptz"),
+    ("updater_id", "bigint"),
+    ("last_actor_id", "bigint"),
+)
+INSERTABLE: Columns = (
+    *UPDATABLE,
+    ("organization_id", "bigint"),
+    ("creator_id", "bigint"),
+    ("created_at", "timestamptz"),
+    ("last_activity_at", "timestamptz"),
+)
+
+
+def _names(columns: Columns, prefix: str = "") -> str:
+    return ", ".join(prefix + name for name, _ in columns)
+
+
+def _arrays(columns: Columns) -> str:
+    """One array parameter per column: a short query text the driver parses once, instead of
+    a multi-row VALUES list with thousands of parameters."""
+    return ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in columns)
+
+
+_INSERT_SQL = text(
+    f"INSERT INTO time_entries ({_names(INSERTABLE)}) SELECT {_names(INSERTABLE, 'v.')}"
+    f" FROM unnest({_arrays(INSERTABLE)}) WITH ORDINALITY AS v({_names(INSERTABLE)}, n)"
+    f" ORDER BY v.n RETURNING {', '.join(COLUMNS)}"
+)
+_UPDATE_SQL = text(
+    "UPDATE time_entries AS t SET "
+    + ", ".join(f"{name} = v.{name}" for name, _ in UPDATABLE)
+    + f" FROM unnest(CAST(:id AS bigint[]), {_arrays(UPDATABLE)}) AS v(id, {_names(UPDATABLE)})"
+    + " WHERE t.id = v.id RETURNING "
+    + ", ".join(f"t.{name}" for name in COLUMNS)
+)
 
 
 class _Refs:
@@ -178,51 +229,6 @@ def create_entries(
     return written
 
 
-UPDATABLE: tuple[tuple[str, str], ...] = (
-    ("date", "date"),
-    ("time", "integer"),
-    ("note", "text"),
-    ("person_id", "bigint"),
-    ("service_id", "bigint"),
-    ("task_id", "bigint"),
-    ("billable_time", "integer"),
-    ("currency", "text"),
-    ("currency_default", "text"),
-    ("currency_normalized", "text"),
-    *(
-        (name, "bigint")
-        for name in (
-            "cost",
-            "cost_default",
-            "cost_normalized",
-            "work_cost",
-            "work_cost_default",
-            "work_cost_normalized",
-            "overhead_cost",
-            "overhead_cost_default",
-            "overhead_cost_normalized",
-            "internal_overhead_cost",
-            "internal_overhead_cost_default",
-            "internal_overhead_cost_normalized",
-            "facility_overhead_cost",
-            "facility_overhead_cost_default",
-            "facility_overhead_cost_normalized",
-        )
-    ),
-    ("updated_at", "timestamptz"),
-    ("updater_id", "bigint"),
-    ("last_actor_id", "bigint"),
-)
-_UPDATE_SQL = text(
-    "UPDATE time_entries AS t SET "
-    + ", ".join(f"{name} = v.{name}" for name, _ in UPDATABLE)
-    + " FROM unnest(CAST(:id AS bigint[]), "
-    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in UPDATABLE)
-    + ") AS v(id, "
-    + ", ".join(name for name, _ in UPDATABLE)
-    + ") WHERE t.id = v.id RETURNING "
-    + ", ".join(f"t.{name}" for name in COLUMNS)
-)
 REPRICING_FIELDS = ("time", "person_id", "service_id")
 
 
@@ -312,26 +318,3 @@ def delete_entries(
             )
         )
         progress(start + len(chunk))
-
-
-INSERTABLE: tuple[tuple[str, str], ...] = (
-    *UPDATABLE,
-    ("organization_id", "bigint"),
-    ("creator_id", "bigint"),
-    ("created_at", "timestamptz"),
-    ("last_activity_at", "timestamptz"),
-)
-# One statement per chunk with one array parameter per column: a short query text that the
-# driver parses once, instead of a multi-row VALUES list with thousands of parameters.
-_INSERT_SQL = text(
-    "INSERT INTO time_entries ("
-    + ", ".join(name for name, _ in INSERTABLE)
-    + ") SELECT "
-    + ", ".join(f"v.{name}" for name, _ in INSERTABLE)
-    + " FROM unnest("
-    + ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in INSERTABLE)
-    + ") WITH ORDINALITY AS v("
-    + ", ".join(name for name, _ in INSERTABLE)
-    + ", n) ORDER BY v.n RETURNING "
-    + ", ".join(COLUMNS)
-)

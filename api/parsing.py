@@ -90,14 +90,18 @@ def _attributes(attributes: Any, base: str, item: dict[str, Any], problems: list
                     )
                 )
         elif name == "note":
-            if value is None or (isinstance(value, str) and len(value) <= MAX_NOTE):
+            # PostgreSQL text cannot hold NUL; refuse it here rather than fail the job later.
+            if value is None or (
+                isinstance(value, str) and len(value) <= MAX_NOTE and "\x00" not in value
+            ):
                 item["note"] = value
             else:
                 problems.append(
                     Problem(
                         422,
                         "Invalid attribute",
-                        f"note must be a string of at most {MAX_NOTE} characters, or null",
+                        f"note must be a string of at most {MAX_NOTE} characters without NUL,"
+                        " or null",
                         where,
                     )
                 )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,6 +37,8 @@ OPERATIONS: dict[str, tuple[Apply, int]] = {
     "unapprove": (unapprove_entries, 200),
 }
 UNFINISHED = ("queued", "running")
+
+logger = logging.getLogger(__name__)
 
 
 def fingerprint(operation: str, items: Sequence[Item], options: dict[str, Any]) -> str:
@@ -139,11 +143,54 @@ def _mark_running(engine: Engine, job_id: uuid.UUID) -> int | None:
         ).scalar_one_or_none()
 
 
-def run_job(engine: Engine, job_id: uuid.UUID, *, max_attempts: int) -> str:
+class Heartbeat:
+    """Renews a running job's heartbeat on its own connection, so the sweeper can tell a
+    long job from one whose worker died."""
+
+    def __init__(self, engine: Engine, job_id: uuid.UUID, interval: float) -> None:
+        self.engine = engine
+        self.job_id = job_id
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="job-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(
+                        update(Job)
+                        .where(Job.id == self.job_id, Job.status == "running")
+                        .values(heartbeat_at=func.now())
+                    )
+            except Exception:
+                # A missed beat only makes the sweeper re-publish early, which is harmless.
+                logger.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+
+    def stop(self) -> None:
+        """Call after the job's transaction has ended: a beat may be waiting on its row lock."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def run_job(engine: Engine, job_id: uuid.UUID, *, max_attempts: int, lease: float = 120) -> str:
     """Apply a job once. Returns what happened: succeeded, failed, busy or skipped.
 
     Transient database errors propagate (the transaction is rolled back); the caller retries.
     """
+    heartbeat = Heartbeat(engine, job_id, max(lease / 4, 0.5))
+    try:
+        return _run_locked(engine, job_id, max_attempts, heartbeat)
+    finally:
+        heartbeat.stop()
+
+
+def _run_locked(engine: Engine, job_id: uuid.UUID, max_attempts: int, heartbeat: Heartbeat) -> str:
     with Session(engine) as session, session.begin():
         locked = session.scalar(
             text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": lock_key(job_id)}
@@ -157,6 +204,7 @@ def run_job(engine: Engine, job_id: uuid.UUID, *, max_attempts: int) -> str:
         attempts = _mark_running(engine, job_id)
         if attempts is None:
             return "skipped"
+        heartbeat.start()
         if attempts > max_attempts:
             error = ApiError.one(
                 500,

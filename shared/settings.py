@@ -184,7 +184,7 @@ class Settings:
             worker_concurrency=_int(env, "WORKER_CONCURRENCY", 2, minimum=1, maximum=256),
             job_time_limit=_int(env, "TIMEBATCH_JOB_TIME_LIMIT", 900, minimum=10, maximum=86400),
             job_max_attempts=_int(env, "TIMEBATCH_JOB_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
-            job_lease=_int(env, "TIMEBATCH_JOB_LEASE", 120, minimum=5, maximum=86400),
+            job_lease=_int(env, "TIMEBATCH_JOB_LEASE", 120, minimum=1, maximum=86400),
             queued_grace=_int(env, "TIMEBATCH_QUEUED_GRACE", 60, minimum=1, maximum=86400),
             sweep_interval=_int(env, "TIMEBATCH_SWEEP_INTERVAL", 30, minimum=1, maximum=3600),
         )

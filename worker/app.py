@@ -31,7 +31,13 @@ class EngineHolder:
     @property
     def engine(self) -> Engine:
         if self._engine is None or self._pid != os.getpid():
-            self._engine = make_engine(self.settings, pool_size=2, max_overflow=2)
+            self._engine = make_engine(
+                self.settings,
+                # The job's transaction, plus progress, heartbeat and status on their own.
+                pool_size=4,
+                max_overflow=2,
+                connect_args={"application_name": "timebatch-worker"},
+            )
             self._pid = os.getpid()
         return self._engine
 
@@ -55,7 +61,10 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     def process_job(self: Task[[str], str], job_id: str) -> str:
         try:
             outcome = run_job(
-                holder.engine, uuid.UUID(job_id), max_attempts=settings.job_max_attempts
+                holder.engine,
+                uuid.UUID(job_id),
+                max_attempts=settings.job_max_attempts,
+                lease=settings.job_lease,
             )
         except Exception as exc:
             if not is_transient(exc):

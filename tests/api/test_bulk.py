@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api import create_app
 from shared.models import Job
 from shared.settings import Settings
+from tests.checked_client import CheckedClient
 from tests.conftest import BULK
 
 
@@ -169,6 +170,32 @@ def test_negotiation(
     assert jobs_count(session) == before + (1 if status == 202 else 0)
 
 
+def test_unicode_notes_are_kept(client: FlaskClient, auth: Any, session: Session) -> None:
+    note = "Zeit \u00fcber \u65f6\u95f4 \U0001f552 \u200f"
+    response = post(client, auth(), {"data": [entry(note=note)]})
+    assert response.status_code == 202
+    job = session.get_one(Job, __import__("uuid").UUID(response.json["data"]["id"]))
+    assert job.batch is not None and job.batch[0]["note"] == note
+
+
+def test_database_down_is_503(settings: Settings, auth: Any) -> None:
+    from shared.db import make_engine, make_session_factory
+
+    down = dataclasses.replace(settings, database_url="postgresql+psycopg://nobody@127.0.0.1:9/x")
+    engine = make_engine(down)
+    app = create_app(down, sessions=make_session_factory(engine), publish=lambda _: None)
+    app.test_client_class = CheckedClient
+    response = post(
+        app.test_client(),
+        {"X-Auth-Token": "tb_x", "X-Organization-Id": "2110"},
+        {"data": [entry()]},
+    )
+    engine.dispose()
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert response.json["errors"][0]["title"] == "Service unavailable"
+
+
 def test_oversized_body_is_413(
     settings: Settings, sessions: sessionmaker[Session], auth: Any
 ) -> None:
@@ -207,6 +234,10 @@ def test_batch_over_the_limit_is_413_naming_it(
         ({"data": [entry(time="60")]}, 422, ["/data/0/attributes/time"]),
         ({"data": [entry(time=True)]}, 422, ["/data/0/attributes/time"]),
         ({"data": [entry(note=5)]}, 422, ["/data/0/attributes/note"]),
+        ({"data": [entry(note="a\u0000b")]}, 422, ["/data/0/attributes/note"]),
+        ({"data": [entry(note="x" * 10_001)]}, 422, ["/data/0/attributes/note"]),
+        (b'{"data": [' * 600 + b"]}" * 600, 400, [""]),
+        (b'{"data": [{"type": "time_entries", "attributes": {"note": "\\ud800"}}]}', 400, [""]),
         ({"data": [entry(cost=1)]}, 400, ["/data/0/attributes/cost"]),
         ({"data": [entry(colour="red")]}, 400, ["/data/0/attributes/colour"]),
         (

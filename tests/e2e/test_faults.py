@@ -1,0 +1,309 @@
+"""Faults injected into real processes: a job that got a 202 ends, and its effect happens once."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.orm import Session
+
+from api import create_app
+from shared.db import make_session_factory
+from shared.models import Job, TimeEntry
+from shared.queue import PROCESS_JOB
+from shared.settings import Settings
+from tests.checked_client import CheckedClient
+from tests.e2e.conftest import WorkerProcess
+from tests.e2e.test_pipeline import create_doc, entry_count
+from tests.jobclient import JobClient
+from worker.app import create_worker_app, recover_jobs
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def fault_settings(e2e_settings: Settings) -> Settings:
+    """Its own queue, and a short lease and grace so the sweeper acts within the test."""
+    return dataclasses.replace(
+        e2e_settings, queue=f"{e2e_settings.queue}-faults", job_lease=2, queued_grace=1
+    )
+
+
+@pytest.fixture
+def fault_client(fault_settings: Settings, e2e_db: Engine) -> JobClient:
+    app = create_app(fault_settings, sessions=make_session_factory(e2e_db))
+    app.test_client_class = CheckedClient
+    return JobClient(app.test_client())
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def start_worker(workers: list[WorkerProcess], fault_settings: Settings, run_id: str) -> Any:
+    def make() -> WorkerProcess:
+        n = len(workers)
+        process = WorkerProcess(
+            fault_settings, fault_settings.data_dir / f"fault-worker-{n}.log", f"fault{n}-{run_id}"
+        )
+        workers.append(process)
+        process.start()
+        return process
+
+    return make
+
+
+def job_row(engine: Engine, job_id: str) -> Job:
+    with Session(engine) as session:
+        return session.get_one(Job, uuid.UUID(job_id))
+
+
+def wait_for_status(engine: Engine, job_id: str, status: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if job_row(engine, job_id).status == status:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} never became {status}")
+
+
+@contextmanager
+def job_row_locked(engine: Engine, job_id: str) -> Iterator[None]:
+    """Hold the job row: the worker's progress and final update wait, so the job stays
+    mid-flight (entries inserted, not committed) for as long as the test needs."""
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        connection.execute(text("SELECT 1 FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
+        yield
+        transaction.rollback()
+
+
+def wait_for_blocked_worker(engine: Engine, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.connect() as connection:
+            waiting = connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND application_name = 'timebatch-worker' AND wait_event_type = 'Lock'"
+                )
+            )
+        if waiting:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the worker never blocked on the held job row")
+
+
+def sweep_until_finished(
+    engine: Engine, settings: Settings, job_ids: list[str], timeout: float = 120
+) -> int:
+    """Run the sweeper (as beat would) until every job is finished; returns re-publishes."""
+    app = create_worker_app(settings)
+    republished = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with Session(engine) as session:
+            statuses = session.scalars(
+                select(Job.status).where(Job.id.in_([uuid.UUID(i) for i in job_ids]))
+            ).all()
+        if all(s in ("succeeded", "failed") for s in statuses):
+            return republished
+        republished += recover_jobs(engine, settings, app)
+        time.sleep(0.5)
+    raise AssertionError("jobs did not finish")
+
+
+def test_sigkill_of_the_worker_mid_job(
+    fault_client: JobClient,
+    e2e_auth: Any,
+    e2e_db: Engine,
+    fault_settings: Settings,
+    start_worker: Any,
+) -> None:
+    headers = e2e_auth(7781)
+    before = entry_count(e2e_db)
+    first = start_worker()
+    accepted = fault_client.submit("POST", "/api/v2/time_entries", create_doc(5000), headers)
+    job_id = accepted.json["data"]["id"]  # type: ignore[index]
+    wait_for_status(e2e_db, job_id, "running")
+    with job_row_locked(e2e_db, job_id):
+        wait_for_blocked_worker(e2e_db)
+        first.kill(signal.SIGKILL)
+    assert job_row(e2e_db, job_id).status == "running"
+    assert entry_count(e2e_db) == before  # the killed transaction left nothing
+    start_worker()
+    time.sleep(fault_settings.job_lease + 0.5)
+    assert sweep_until_finished(e2e_db, fault_settings, [job_id]) >= 1
+    outcome = fault_client.follow(accepted, headers)
+    assert outcome.status == 201
+    assert entry_count(e2e_db) == before + 5000
+    job = job_row(e2e_db, job_id)
+    assert (job.status, job.attempts) == ("succeeded", 2)
+
+
+def test_queued_messages_lost_with_the_broker(
+    fault_client: JobClient,
+    e2e_auth: Any,
+    e2e_db: Engine,
+    fault_settings: Settings,
+    start_worker: Any,
+    broker: redis.Redis | None,
+) -> None:
+    if broker is None:
+        pytest.skip("needs a Redis broker")
+    headers = e2e_auth(7781)
+    before = entry_count(e2e_db)
+    accepted = [
+        fault_client.submit("POST", "/api/v2/time_entries", create_doc(10), headers)
+        for _ in range(20)
+    ]
+    assert broker.llen(fault_settings.queue) == 20
+    broker.delete(fault_settings.queue)  # the broker lost every queued message
+    start_worker()
+    time.sleep(fault_settings.queued_grace + 0.5)
+    job_ids = [a.json["data"]["id"] for a in accepted]  # type: ignore[index]
+    assert sweep_until_finished(e2e_db, fault_settings, job_ids) == 20
+    assert [fault_client.follow(a, headers).status for a in accepted] == [201] * 20
+    assert entry_count(e2e_db) == before + 200
+
+
+def test_database_connection_terminated_mid_job(
+    fault_client: JobClient,
+    e2e_auth: Any,
+    e2e_db: Engine,
+    start_worker: Any,
+) -> None:
+    headers = e2e_auth(7781)
+    before = entry_count(e2e_db)
+    start_worker()
+    accepted = fault_client.submit("POST", "/api/v2/time_entries", create_doc(3000), headers)
+    job_id = accepted.json["data"]["id"]  # type: ignore[index]
+    wait_for_status(e2e_db, job_id, "running")
+    with job_row_locked(e2e_db, job_id):
+        wait_for_blocked_worker(e2e_db)
+        with e2e_db.connect() as connection:
+            killed = connection.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database()"
+                    " AND application_name = 'timebatch-worker'"
+                )
+            )
+        assert killed and killed >= 1
+    outcome = fault_client.follow(accepted, headers)
+    assert outcome.status == 201
+    assert entry_count(e2e_db) == before + 3000
+    job = job_row(e2e_db, job_id)
+    assert (job.status, job.attempts) == ("succeeded", 2)
+
+
+def test_same_message_delivered_three_times_concurrently(
+    fault_client: JobClient,
+    e2e_auth: Any,
+    e2e_db: Engine,
+    fault_settings: Settings,
+    start_worker: Any,
+) -> None:
+    headers = e2e_auth(7781)
+    before = entry_count(e2e_db)
+    accepted = fault_client.submit("POST", "/api/v2/time_entries", create_doc(2000), headers)
+    job_id = accepted.json["data"]["id"]  # type: ignore[index]
+    celery = create_worker_app(fault_settings)
+    for _ in range(2):
+        celery.send_task(PROCESS_JOB, args=[job_id])
+    start_worker()
+    assert fault_client.follow(accepted, headers).status == 201
+    time.sleep(1.5)  # the other deliveries run to their no-op
+    assert entry_count(e2e_db) == before + 2000
+    job = job_row(e2e_db, job_id)
+    assert (job.status, job.attempts) == ("succeeded", 1)
+
+
+def test_eight_concurrent_clients_with_overlapping_batches(
+    fault_client: JobClient,
+    e2e_auth: Any,
+    e2e_db: Engine,
+    fault_settings: Settings,
+    start_worker: Any,
+) -> None:
+    start_worker()
+    member, admin = e2e_auth(7781), e2e_auth(7783)
+    created = fault_client.run("POST", "/api/v2/time_entries", create_doc(100), member)
+    ids = [int(e["id"]) for e in created.document["data"]]
+    app = create_app(fault_settings, sessions=make_session_factory(e2e_db))
+    app.test_client_class = CheckedClient
+    results: list[tuple[str, list[int], str, int, Any]] = []
+    lock = threading.Lock()
+
+    def client_run(n: int) -> None:
+        rng = random.Random(n)
+        client = JobClient(app.test_client())
+        for round_ in range(3):
+            if (n + round_) % 3 == 0:
+                chosen = rng.sample(ids[:30], 15)
+                path, body, who, tag = "/api/v2/time_entries/approve", {"data": [{"type": "time_entries", "id": i} for i in chosen]}, admin, "approve"  # fmt: skip
+            else:
+                chosen = rng.sample(ids[20:], 40)
+                tag = f"c{n}r{round_}"
+                path, body, who = "/api/v2/time_entries", {"data": [{"type": "time_entries", "id": i, "attributes": {"note": tag}} for i in chosen]}, member  # fmt: skip
+            outcome = client.run("PATCH", path, body, who)
+            with lock:
+                results.append((tag, chosen, path, outcome.status, outcome.document))
+
+    threads = [threading.Thread(target=client_run, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert len(results) == 24
+    for tag, _, _, status, document in results:
+        assert status in (200, 409), (tag, status, document)
+        if status == 409:
+            assert {e["status"] for e in document["errors"]} == {"409"}
+    with Session(e2e_db) as session:
+        rows = {
+            row.id: row
+            for row in session.execute(
+                select(
+                    TimeEntry.id, TimeEntry.note, TimeEntry.approved, TimeEntry.approved_at
+                ).where(TimeEntry.id.in_(ids))
+            )
+        }
+    succeeded_updates = {
+        tag: set(chosen)
+        for tag, chosen, path, status, _ in results
+        if status == 200 and tag != "approve"
+    }
+    approved_by_jobs = {
+        i
+        for tag, chosen, _, status, _ in results
+        if tag == "approve" and status == 200
+        for i in chosen
+    }
+    assert len(rows) == 100
+    for entry_id, row in rows.items():
+        if row.note and row.note.startswith("c"):
+            assert entry_id in succeeded_updates[row.note]
+        assert row.approved == (row.approved_at is not None)
+        if entry_id in approved_by_jobs:
+            assert row.approved
+    with Session(e2e_db) as session:
+        unfinished = session.scalar(
+            select(func.count()).select_from(Job).where(Job.status.in_(["queued", "running"]))
+        )
+    assert unfinished == 0

@@ -27,6 +27,11 @@ MAX_DATE = dt.date(2999, 12, 31)
 WITH_ATTRIBUTES = frozenset({"create", "update"})
 
 
+def escape(name: str) -> str:
+    """A member name as a JSON pointer reference token (RFC 6901)."""
+    return name.replace("~", "~0").replace("/", "~1")
+
+
 def load_json(body: bytes) -> Any:
     if not body:
         raise ApiError.one(400, "Malformed document", "the request body is empty", pointer="")
@@ -54,7 +59,7 @@ def _attributes(attributes: Any, base: str, item: dict[str, Any], problems: list
         problems.append(Problem(400, "Invalid member", "attributes must be an object", base))
         return
     for name, value in attributes.items():
-        where = f"{base}/{name}"
+        where = f"{base}/{escape(name)}"
         if name in READ_ONLY:
             problems.append(
                 Problem(400, "Read-only attribute", f"{name} is computed and cannot be set", where)
@@ -118,7 +123,7 @@ def _relationships(
         problems.append(Problem(400, "Invalid member", "relationships must be an object", base))
         return
     for name, value in relationships.items():
-        where = f"{base}/{name}"
+        where = f"{base}/{escape(name)}"
         expected = RELATIONSHIP_TYPES.get(name)
         if expected is None:
             problems.append(
@@ -175,7 +180,10 @@ def parse_bulk(
         if member not in TOP_MEMBERS and member not in extra_members:
             problems.append(
                 Problem(
-                    400, "Unknown member", f"unexpected top-level member {member!r}", f"/{member}"
+                    400,
+                    "Unknown member",
+                    f"unexpected top-level member {member!r}",
+                    f"/{escape(member)}",
                 )
             )
     data = document.get("data")
@@ -203,7 +211,10 @@ def parse_bulk(
             if member not in RESOURCE_MEMBERS:
                 problems.append(
                     Problem(
-                        400, "Unknown member", f"unexpected member {member!r}", f"{base}/{member}"
+                        400,
+                        "Unknown member",
+                        f"unexpected member {member!r}",
+                        f"{base}/{escape(member)}",
                     )
                 )
         kind = resource.get("type")
@@ -260,7 +271,7 @@ def parse_bulk(
                             400,
                             "Unexpected member",
                             f"{operation} takes only type and id",
-                            f"{base}/{member}",
+                            f"{base}/{escape(member)}",
                         )
                     )
         items.append(item)

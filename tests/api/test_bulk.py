@@ -225,6 +225,7 @@ def test_batch_over_the_limit_is_413_naming_it(
         ({"data": []}, 400, ["/data"]),
         ({"data": {"type": "time_entries"}}, 400, ["/data"]),
         ({"data": [entry()], "extra": 1}, 400, ["/extra"]),
+        ({"data": [entry()], "a/b~": 1}, 400, ["/a~1b~0"]),
         ({"data": [5]}, 400, ["/data/0"]),
         ({"data": [entry() | {"type": "people"}]}, 409, ["/data/0/type"]),
         ({"data": [entry() | {"id": "12"}]}, 403, ["/data/0/id"]),

@@ -9,8 +9,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 timebatch \
     && useradd --system --uid 10001 --gid timebatch --home-dir /app --no-create-home \
        --shell /usr/sbin/nologin timebatch \
-    && mkdir -p /app /data \
-    && chown timebatch:timebatch /data
+    && mkdir -p /app /data /metrics \
+    && chown timebatch:timebatch /data /metrics
 
 # Install from a throwaway source dir, so the installed package is the only copy.
 COPY pyproject.toml README.md /src/
@@ -26,4 +26,4 @@ ENV TIMEBATCH_DATA_DIR=/data \
     TIMEBATCH_DEMO=0
 EXPOSE 8000 5555
 
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "gthread", "--threads", "8", "--timeout", "120", "api.wsgi:app"]
+CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "--worker-class", "gthread", "--threads", "8", "--timeout", "120", "--config", "python:api.gunicorn_config", "api.wsgi:app"]

@@ -25,5 +25,9 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
+# Starts its own servers and stack; BENCH_ARGS=--quick for a short run.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -10,9 +10,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.auth import authenticate
 from api.context import AppServices, Publisher, close_db
 from api.errors import register_error_handlers
-from api.views import bulk, health, jobs
+from api.telemetry import bind_principal, register_telemetry
+from api.views import bulk, health, jobs, meta, reading
+from shared import metrics
 from shared.db import make_engine, make_session_factory
-from shared.queue import create_celery, publish_job
+from shared.logs import configure_logging
+from shared.queue import create_celery, publish_job, queue_depth
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -25,6 +28,9 @@ def create_app(
     publish: Publisher | None = None,
 ) -> Flask:
     settings = settings or Settings.from_env()
+    configure_logging(logging.INFO, libraries=logging.WARNING)
+    if settings.metrics_dir is not None:
+        metrics.prepare_directory(settings.metrics_dir, clear=False)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     if sessions is None:
@@ -47,14 +53,20 @@ def create_app(
         sessions=sessions,
         publish=publish if publish is not None else publish_or_defer,
         broker_ping=broker_ping,
+        queue_depth=lambda: queue_depth(celery, settings.queue),
     )
     app.teardown_appcontext(close_db)
     register_error_handlers(app)
+    register_telemetry(app)
 
     api_v2 = Blueprint("api_v2", __name__, url_prefix="/api/v2")
     api_v2.before_request(authenticate)
+    api_v2.before_request(bind_principal)
     api_v2.register_blueprint(bulk.blueprint)
     api_v2.register_blueprint(jobs.blueprint)
+    api_v2.register_blueprint(reading.blueprint)
     app.register_blueprint(api_v2)
     app.register_blueprint(health.blueprint)
+    # Outside api_v2's authentication: scrapers and API clients' generators read these.
+    app.register_blueprint(meta.blueprint)
     return app

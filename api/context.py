@@ -19,6 +19,7 @@ class AppServices:
     sessions: sessionmaker[Session]
     publish: Publisher
     broker_ping: Callable[[], None]
+    queue_depth: Callable[[], int]
 
 
 def services() -> AppServices:

@@ -1,4 +1,4 @@
-"""`timebatch ...`: run the stack, migrate, load demo data, make tokens.
+"""`timebatch ...`: run the stack, migrate, load demo data, make tokens, submit batches.
 
 Commands are units of work: each one commits what it did, once.
 """
@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from shared import migrate
+from shared.client import jobs_list, jobs_show, submit
 from shared.db import make_engine
 from shared.demo import demo_tokens, load_demo
 from shared.embedded import embedded_settings
@@ -128,9 +129,14 @@ def token_create(person_id: int, read_only: bool, as_json: bool) -> None:
 @main.command("run")
 def run() -> None:
     """Migrate, load demo data, and run web, worker, beat and Flower in the foreground."""
-    from shared.supervisor import run_stack
+    from shared.supervisor import run_stack, with_flower_auth, with_metrics_dir
 
     base = _settings()
+    made_up_flower_login = base.flower_basic_auth is None
+    try:
+        base = with_metrics_dir(with_flower_auth(base, embedded=base.embedded))
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
     with embedded_settings(base) as settings:
         engine = make_engine(settings)
         try:
@@ -144,6 +150,9 @@ def run() -> None:
         click.echo(
             f"web on http://127.0.0.1:{settings.port} , Flower on http://127.0.0.1:{settings.flower_port}"
         )
+        if made_up_flower_login:
+            user, _, password = (settings.flower_basic_auth or "").partition(":")
+            click.echo(f"Flower login (made up for this run): user {user}, password {password}")
         code = run_stack(settings)
     sys.exit(code)
 
@@ -151,6 +160,11 @@ def run() -> None:
 @main.group()
 def jobs() -> None:
     """Jobs."""
+
+
+main.add_command(submit)
+jobs.add_command(jobs_list)
+jobs.add_command(jobs_show)
 
 
 @jobs.command("recover")
@@ -165,3 +179,17 @@ def jobs_recover() -> None:
         finally:
             engine.dispose()
     click.echo(f"re-published {count} job(s)")
+
+
+@jobs.command("purge")
+def jobs_purge() -> None:
+    """Drop the batches and results of jobs finished more than TIMEBATCH_RETENTION_DAYS ago."""
+    from worker.app import purge_expired
+
+    with embedded_settings(_settings()) as settings:
+        engine = make_engine(settings)
+        try:
+            count = purge_expired(engine, settings)
+        finally:
+            engine.dispose()
+    click.echo(f"purged {count} job(s) finished more than {settings.retention_days} days ago")

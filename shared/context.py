@@ -61,11 +61,15 @@ def load_context(
     )
 
 
+# References of a batch are locked FOR KEY SHARE: they cannot be deleted or re-keyed until the
+# batch commits, which is what a foreign key would guarantee row by row.
 def people_by_id(session: Session, ctx: BatchContext, ids: Collection[int]) -> dict[int, Person]:
     if not ids:
         return {}
     found = session.scalars(
-        select(Person).where(Person.organization_id == ctx.organization_id, Person.id.in_(ids))
+        select(Person)
+        .where(Person.organization_id == ctx.organization_id, Person.id.in_(ids))
+        .with_for_update(key_share=True)
     )
     return {p.id: p for p in found}
 
@@ -74,7 +78,9 @@ def services_by_id(session: Session, ctx: BatchContext, ids: Collection[int]) ->
     if not ids:
         return {}
     found = session.scalars(
-        select(Service).where(Service.organization_id == ctx.organization_id, Service.id.in_(ids))
+        select(Service)
+        .where(Service.organization_id == ctx.organization_id, Service.id.in_(ids))
+        .with_for_update(key_share=True)
     )
     return {s.id: s for s in found}
 
@@ -83,7 +89,9 @@ def tasks_by_id(session: Session, ctx: BatchContext, ids: Collection[int]) -> di
     if not ids:
         return {}
     found = session.scalars(
-        select(Task).where(Task.organization_id == ctx.organization_id, Task.id.in_(ids))
+        select(Task)
+        .where(Task.organization_id == ctx.organization_id, Task.id.in_(ids))
+        .with_for_update(key_share=True)
     )
     return {t.id: t for t in found}
 

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import RowMapping, delete, text
+from sqlalchemy import delete, text
 from sqlalchemy.orm import Session
 
 from shared.approval import add_pending_statuses, approve_all_people, required_approvers
@@ -25,8 +25,8 @@ from shared.costs import COST_COLUMNS, MissingExchangeRate, entry_costs
 from shared.jsonapi import ApiError, Problem
 from shared.locks import edit_refusal
 from shared.models import Person, Service, Task, TimeEntry
+from shared.pgcopy import copy_rows, next_ids, scratch_table
 from shared.problems import forbidden_for, not_found, pointer
-from shared.render import COLUMNS
 
 Item = Mapping[str, Any]
 Progress = Callable[[int], None]
@@ -69,23 +69,29 @@ def _names(columns: Columns, prefix: str = "") -> str:
     return ", ".join(prefix + name for name, _ in columns)
 
 
-def _arrays(columns: Columns) -> str:
-    """One array parameter per column: a short query text the driver parses once, instead of
-    a multi-row VALUES list with thousands of parameters."""
-    return ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in columns)
-
-
-_INSERT_SQL = text(
-    f"INSERT INTO time_entries ({_names(INSERTABLE)}) SELECT {_names(INSERTABLE, 'v.')}"
-    f" FROM unnest({_arrays(INSERTABLE)}) WITH ORDINALITY AS v({_names(INSERTABLE)}, n)"
-    f" ORDER BY v.n RETURNING {', '.join(COLUMNS)}"
-)
+# What a new entry holds in the columns a create does not set: the table's server defaults
+# (tests compare rendered results with the stored rows).
+CREATED_DEFAULTS: dict[str, Any] = {
+    "recognized_time": 0,
+    "track_method_id": 1,
+    "started_at": None,
+    "timer_started_at": None,
+    "timer_stopped_at": None,
+    "approved": False,
+    "approved_at": None,
+    "calendar_event_id": None,
+    "invoice_attribution_id": None,
+    "invoiced": False,
+    "overhead": True,
+    "rejected": False,
+    "rejected_reason": None,
+    "rejected_at": None,
+    "submitted": False,
+}
 _UPDATE_SQL = text(
     "UPDATE time_entries AS t SET "
     + ", ".join(f"{name} = v.{name}" for name, _ in UPDATABLE)
-    + f" FROM unnest(CAST(:id AS bigint[]), {_arrays(UPDATABLE)}) AS v(id, {_names(UPDATABLE)})"
-    + " WHERE t.id = v.id RETURNING "
-    + ", ".join(f"t.{name}" for name in COLUMNS)
+    + " FROM time_entry_updates AS v WHERE t.id = v.id"
 )
 
 
@@ -181,7 +187,7 @@ def _derive(
 
 def create_entries(
     session: Session, ctx: BatchContext, items: Sequence[Item], progress: Progress
-) -> list[RowMapping]:
+) -> list[dict[str, Any]]:
     refs = _Refs(session, ctx, items)
     problems: list[Problem] = []
     rows: list[dict[str, Any]] = []
@@ -208,7 +214,6 @@ def create_entries(
             rows.append(values | derived)
     if problems:
         raise ApiError(problems)
-    written: list[RowMapping] = []
     if ctx.organization.approval_workflow:
         fallback = approve_all_people(session, ctx)
         approvers = [
@@ -217,13 +222,21 @@ def create_entries(
             )
             for r in rows
         ]
-    for start in range(0, len(rows), CHUNK):
-        chunk = rows[start : start + CHUNK]
-        params = {name: [row[name] for row in chunk] for name, _ in INSERTABLE}
-        returned = session.execute(_INSERT_SQL, params).mappings().all()
-        # Ids come from the sequence in insertion order, and rows go in in batch order.
-        written.extend(sorted(returned, key=lambda row: row["id"]))
-        progress(len(written))
+    ids = next_ids(session, "time_entries", len(rows))
+    names = ["id", *(name for name, _ in INSERTABLE)]
+    copy_rows(
+        session,
+        "time_entries",
+        names,
+        (
+            [entry_id, *(row[name] for name in names[1:])]
+            for entry_id, row in zip(ids, rows, strict=True)
+        ),
+        progress,
+    )
+    written = [
+        CREATED_DEFAULTS | row | {"id": entry_id} for entry_id, row in zip(ids, rows, strict=True)
+    ]
     if ctx.organization.approval_workflow:
         add_pending_statuses(session, {row["id"]: approvers[n] for n, row in enumerate(written)})
     return written
@@ -252,7 +265,7 @@ def _locked_entries(
 
 def update_entries(
     session: Session, ctx: BatchContext, items: Sequence[Item], progress: Progress
-) -> list[RowMapping]:
+) -> list[dict[str, Any]]:
     problems: list[Problem] = []
     entries = _locked_entries(session, ctx, items, problems)
     merged_items = []
@@ -290,16 +303,18 @@ def update_entries(
         updates.append(values)
     if problems:
         raise ApiError(problems)
-    by_id: dict[int, RowMapping] = {}
-    for start in range(0, len(updates), CHUNK):
-        chunk = updates[start : start + CHUNK]
-        params = {"id": [u["id"] for u in chunk]}
-        for name, _ in UPDATABLE:
-            params[name] = [u[name] for u in chunk]
-        for row in session.execute(_UPDATE_SQL, params).mappings():
-            by_id[row["id"]] = row
-        progress(len(by_id))
-    return [by_id[item["id"]] for item in items]
+    names = [name for name, _ in UPDATABLE]
+    scratch_table(session, "time_entry_updates", "time_entries", names)
+    copy_rows(
+        session,
+        "time_entry_updates",
+        ["id", *names],
+        ([u["id"], *(u[name] for name in names)] for u in updates),
+        progress,
+    )
+    session.execute(_UPDATE_SQL)
+    # The stored rows are the locked ones with these values: render from memory.
+    return [dict(entries[u["id"]]._mapping) | u for u in updates]
 
 
 def delete_entries(

@@ -12,22 +12,26 @@ import hashlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, RowMapping, func, select, text, update
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from shared.approval import approve_entries, unapprove_entries
 from shared.context import BatchContext, load_context
 from shared.entries import Item, Progress, create_entries, delete_entries, update_entries
-from shared.jsonapi import ApiError, Problem, encode
+from shared.jsonapi import ApiError, Problem
 from shared.models import Job
+from shared.notify import notify_finished
+from shared.render import gzip_document
 from shared.tokens import Principal
 
-Apply = Callable[[Session, BatchContext, Sequence[Item], Progress], list[RowMapping] | None]
+Apply = Callable[
+    [Session, BatchContext, Sequence[Item], Progress], Sequence[Mapping[Any, Any]] | None
+]
 
 OPERATIONS: dict[str, tuple[Apply, int]] = {
     "create": (create_entries, 201),
@@ -41,9 +45,16 @@ UNFINISHED = ("queued", "running")
 logger = logging.getLogger(__name__)
 
 
-def fingerprint(operation: str, items: Sequence[Item], options: dict[str, Any]) -> str:
-    payload = orjson.dumps([operation, items, options], option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(payload).hexdigest()
+def stored(error: ApiError) -> bytes:
+    """Result bodies are stored gzip-compressed, ready to serve as they are."""
+    return gzip_document(error.document())
+
+
+def fingerprint(operation: str, body: bytes, options: dict[str, Any]) -> str:
+    """What makes two submissions the same request: operation, options and the body's bytes."""
+    digest = hashlib.sha256(body)
+    digest.update(orjson.dumps([operation, options], option=orjson.OPT_SORT_KEYS))
+    return digest.hexdigest()
 
 
 def submit_job(
@@ -53,9 +64,11 @@ def submit_job(
     items: Sequence[Item],
     options: dict[str, Any],
     idempotency_key: str | None = None,
+    digest: str | None = None,
 ) -> tuple[Job, bool]:
     """Store a queued job; returns it and whether it is new (False: an idempotent replay)."""
-    digest = fingerprint(operation, items, options)
+    if digest is None:
+        digest = fingerprint(operation, orjson.dumps(items), options)
     values = {
         "organization_id": principal.organization_id,
         "person_id": principal.person_id,
@@ -211,7 +224,7 @@ def _run_locked(engine: Engine, job_id: uuid.UUID, max_attempts: int, heartbeat:
                 "Job abandoned",
                 f"the job did not complete in {max_attempts} attempts and was given up",
             )
-            _finish(session, job, "failed", error.status, error.body(), len(error.problems))
+            _finish(session, job, "failed", error.status, stored(error), len(error.problems))
             return "failed"
         apply, success_status = OPERATIONS[job.operation]
         ctx = load_context(session, job.organization_id, job.person_id, job.options)
@@ -220,10 +233,10 @@ def _run_locked(engine: Engine, job_id: uuid.UUID, max_attempts: int, heartbeat:
             rows = apply(session, ctx, job.batch or [], ProgressReporter(engine, job_id))
         except ApiError as exc:
             savepoint.rollback()
-            _finish(session, job, "failed", exc.status, exc.body(), len(exc.problems))
+            _finish(session, job, "failed", exc.status, stored(exc), len(exc.problems))
             return "failed"
         savepoint.commit()
-        body = None if rows is None else encode(ctx.renderer().collection(rows))
+        body = None if rows is None else ctx.renderer().encode_collection(rows)
         _finish(session, job, "succeeded", success_status, body, 0)
         return "succeeded"
 
@@ -231,6 +244,7 @@ def _run_locked(engine: Engine, job_id: uuid.UUID, max_attempts: int, heartbeat:
 def _finish(
     session: Session, job: Job, status: str, result_status: int, body: bytes | None, errors: int
 ) -> None:
+    notify_finished(session, str(job.id))
     session.execute(
         update(Job)
         .where(Job.id == job.id)
@@ -251,14 +265,15 @@ def fail_unexpectedly(engine: Engine, job_id: uuid.UUID) -> None:
     error = ApiError.one(
         500, "Internal error", "the job could not be processed because of an internal error"
     )
-    with engine.begin() as connection:
-        connection.execute(
+    with Session(engine) as session, session.begin():
+        notify_finished(session, str(job_id))
+        session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status.in_(UNFINISHED))
             .values(
                 status="failed",
                 result_status=error.status,
-                result_body=error.body(),
+                result_body=stored(error),
                 error_count=1,
                 finished_at=func.now(),
                 heartbeat_at=None,

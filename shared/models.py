@@ -155,6 +155,8 @@ class Task(Base):
 
 class TimeEntry(Base):
     __tablename__ = "time_entries"
+    # No foreign keys: the domain checks every reference of a batch set-based, under
+    # FOR KEY SHARE (shared/context.py), instead of one trigger call per row and constraint.
     __table_args__ = (
         CheckConstraint("time >= 0", name="time_positive"),
         CheckConstraint("billable_time >= 0", name="billable_time_positive"),
@@ -166,10 +168,10 @@ class TimeEntry(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"))
-    person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
-    service_id: Mapped[int] = mapped_column(ForeignKey("services.id"))
-    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"))
+    organization_id: Mapped[int] = mapped_column(BigInteger)
+    person_id: Mapped[int] = mapped_column(BigInteger)
+    service_id: Mapped[int] = mapped_column(BigInteger)
+    task_id: Mapped[int | None] = mapped_column(BigInteger)
     date: Mapped[dt.date] = mapped_column(Date)
     time: Mapped[int] = mapped_column(Integer, server_default=ZERO)
     billable_time: Mapped[int] = mapped_column(Integer, server_default=ZERO)
@@ -181,7 +183,7 @@ class TimeEntry(Base):
     timer_stopped_at: Mapped[dt.datetime | None] = mapped_column()
     approved: Mapped[bool] = mapped_column(Boolean, server_default=FALSE)
     approved_at: Mapped[dt.datetime | None] = mapped_column()
-    approver_id: Mapped[int | None] = mapped_column(ForeignKey("people.id", ondelete="SET NULL"))
+    approver_id: Mapped[int | None] = mapped_column(BigInteger)
     calendar_event_id: Mapped[int | None] = mapped_column(BigInteger)
     invoice_attribution_id: Mapped[int | None] = mapped_column(BigInteger)
     invoiced: Mapped[bool] = mapped_column(Boolean, server_default=FALSE)
@@ -189,7 +191,7 @@ class TimeEntry(Base):
     rejected: Mapped[bool] = mapped_column(Boolean, server_default=FALSE)
     rejected_reason: Mapped[str | None] = mapped_column(Text)
     rejected_at: Mapped[dt.datetime | None] = mapped_column()
-    rejecter_id: Mapped[int | None] = mapped_column(ForeignKey("people.id", ondelete="SET NULL"))
+    rejecter_id: Mapped[int | None] = mapped_column(BigInteger)
     submitted: Mapped[bool] = mapped_column(Boolean, server_default=FALSE)
     currency: Mapped[str] = mapped_column(String(3))
     currency_default: Mapped[str] = mapped_column(String(3))
@@ -210,9 +212,9 @@ class TimeEntry(Base):
     facility_overhead_cost: Mapped[int] = mapped_column(BigInteger, server_default=ZERO)
     facility_overhead_cost_default: Mapped[int] = mapped_column(BigInteger, server_default=ZERO)
     facility_overhead_cost_normalized: Mapped[int] = mapped_column(BigInteger, server_default=ZERO)
-    creator_id: Mapped[int | None] = mapped_column(ForeignKey("people.id", ondelete="SET NULL"))
-    updater_id: Mapped[int | None] = mapped_column(ForeignKey("people.id", ondelete="SET NULL"))
-    last_actor_id: Mapped[int | None] = mapped_column(ForeignKey("people.id", ondelete="SET NULL"))
+    creator_id: Mapped[int | None] = mapped_column(BigInteger)
+    updater_id: Mapped[int | None] = mapped_column(BigInteger)
+    last_actor_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
     updated_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
     last_activity_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
@@ -262,6 +264,14 @@ class Job(Base):
             "created_at",
             postgresql_where=text("status IN ('queued', 'running')"),
         ),
+        # The retention purge's scan: finished jobs whose batch and result are still stored.
+        Index(
+            "ix_jobs_finished_at_unpurged",
+            "finished_at",
+            postgresql_where=text(
+                "purged_at IS NULL AND status IN ('succeeded', 'failed', 'canceled')"
+            ),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(
@@ -288,3 +298,5 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column()
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column()
     published_at: Mapped[dt.datetime | None] = mapped_column()
+    # Set when retention dropped the batch and the result; the row keeps the job's summary.
+    purged_at: Mapped[dt.datetime | None] = mapped_column()

@@ -10,6 +10,7 @@ from shared.settings import Settings
 
 PROCESS_JOB = "timebatch.process_job"
 SWEEP_JOBS = "timebatch.sweep_jobs"
+PURGE_JOBS = "timebatch.purge_jobs"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -24,6 +25,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             PROCESS_JOB: {"queue": settings.queue},
             SWEEP_JOBS: {"queue": settings.queue},
+            PURGE_JOBS: {"queue": settings.queue},
         },
         # A job's effect commits with its status; acking late means a lost worker's job is
         # delivered again, and the job lock makes the second delivery harmless.
@@ -59,3 +61,15 @@ def create_celery(settings: Settings) -> Celery:
 def publish_job(app: Celery, job_id: str) -> None:
     """Send the job id (only the id) to the workers. Call after the job row is committed."""
     app.send_task(PROCESS_JOB, args=[job_id], retry=False)
+
+
+def queue_depth(app: Celery, queue: str) -> int:
+    """Messages waiting in the queue; those a worker has taken but not acknowledged are not."""
+    with app.connection_for_read() as connection:
+        connection.ensure_connection(max_retries=1, timeout=2)
+        try:
+            declared = connection.default_channel.queue_declare(queue=queue, passive=True)
+        except connection.channel_errors:
+            # Redis keeps no empty queue, and an AMQP queue exists once a worker declared it.
+            return 0
+        return int(declared.message_count)

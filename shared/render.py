@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+import gzip
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
+
+import orjson
 
 from shared.costs import COST_COLUMNS
 
@@ -83,27 +87,58 @@ class EntryRenderer:
     def __init__(self, organization_id: int, time_zone: str) -> None:
         self.zone = ZoneInfo(time_zone)
         self.organization = {"data": {"type": "organizations", "id": str(organization_id)}}
+        self._relationships: dict[str, Any] = {"organization": self.organization}
+        for name in RELATIONSHIPS[1:]:
+            self._relationships[name] = _NOT_INCLUDED
+        # A batch shares a handful of timestamps and dates: format each once.
+        self._formatted: dict[Any, str] = {}
+
+    def _format(self, value: Any) -> str:
+        text = self._formatted.get(value)
+        if text is None:
+            if isinstance(value, dt.datetime):
+                text = format_timestamp(value, self.zone)
+            else:
+                text = value.isoformat()
+            if len(self._formatted) < 10_000:
+                self._formatted[value] = text
+        return text
 
     def resource(self, row: Mapping[Any, Any]) -> dict[str, Any]:
-        attributes: dict[str, Any] = {}
-        zone = self.zone
-        for name in ATTRIBUTES:
-            value = row[name]
-            if value is not None:
-                if name in TIMESTAMPS:
-                    value = format_timestamp(value, zone)
-                elif name == "date":
-                    value = value.isoformat()
-            attributes[name] = value
-        relationships: dict[str, Any] = {"organization": self.organization}
-        for name in RELATIONSHIPS[1:]:
-            relationships[name] = _NOT_INCLUDED
+        fmt = self._format
+        attributes = {
+            name: (fmt(value) if convert and value is not None else value)
+            for name, convert in _PLAN
+            for value in (row[name],)
+        }
         return {
             "id": str(row["id"]),
             "type": "time_entries",
             "attributes": attributes,
-            "relationships": relationships,
+            "relationships": self._relationships,
         }
 
     def collection(self, rows: Iterable[Mapping[Any, Any]]) -> dict[str, Any]:
         return {"data": [self.resource(row) for row in rows], "meta": {}}
+
+    def encode_collection(self, rows: Sequence[Mapping[Any, Any]]) -> bytes:
+        """The collection document, gzip-compressed, rendered and compressed in chunks so a
+        large batch never holds its whole JSON text in memory."""
+        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+        parts = [compressor.compress(b'{"data":[')]
+        for start in range(0, len(rows), RENDER_CHUNK):
+            chunk = [self.resource(row) for row in rows[start : start + RENDER_CHUNK]]
+            text = orjson.dumps(chunk)[1:-1]
+            parts.append(compressor.compress(b"," + text if start else text))
+        parts.append(compressor.compress(b'],"meta":{}}'))
+        parts.append(compressor.flush())
+        return b"".join(parts)
+
+
+GZIP_LEVEL = 1
+RENDER_CHUNK = 1000
+_PLAN = tuple((name, name in TIMESTAMPS or name == "date") for name in ATTRIBUTES)
+
+
+def gzip_document(document: Any) -> bytes:
+    return gzip.compress(orjson.dumps(document), compresslevel=GZIP_LEVEL)

@@ -77,6 +77,11 @@ def _broker_url(env: Mapping[str, str], key: str) -> str | None:
     return raw
 
 
+def _path(env: Mapping[str, str], key: str) -> Path | None:
+    raw = _text(env, key)
+    return None if raw is None else Path(raw).absolute()
+
+
 def _basic_auth(env: Mapping[str, str], key: str) -> str | None:
     raw = _text(env, key)
     if raw is None:
@@ -108,6 +113,11 @@ class Settings:
     queued_grace: int = 60
     sweep_interval: int = 30
     retry_after: int = 1
+    retention_days: int = 7
+    purge_interval: int = 3600
+    # Shared by the processes of one machine for prometheus_client's multiprocess mode;
+    # `timebatch run` defaults it to <data_dir>/metrics.
+    metrics_dir: Path | None = None
 
     @property
     def embedded(self) -> bool:
@@ -148,9 +158,13 @@ class Settings:
             "TIMEBATCH_JOB_LEASE": str(self.job_lease),
             "TIMEBATCH_QUEUED_GRACE": str(self.queued_grace),
             "TIMEBATCH_SWEEP_INTERVAL": str(self.sweep_interval),
+            "TIMEBATCH_RETENTION_DAYS": str(self.retention_days),
+            "TIMEBATCH_PURGE_INTERVAL": str(self.purge_interval),
         }
         if self.flower_basic_auth:
             env["FLOWER_BASIC_AUTH"] = self.flower_basic_auth
+        if self.metrics_dir is not None:
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         return env
 
     @classmethod
@@ -187,4 +201,8 @@ class Settings:
             job_lease=_int(env, "TIMEBATCH_JOB_LEASE", 120, minimum=1, maximum=86400),
             queued_grace=_int(env, "TIMEBATCH_QUEUED_GRACE", 60, minimum=1, maximum=86400),
             sweep_interval=_int(env, "TIMEBATCH_SWEEP_INTERVAL", 30, minimum=1, maximum=3600),
+            # At least a day, so that a replayed Idempotency-Key (kept 24 hours) finds its result.
+            retention_days=_int(env, "TIMEBATCH_RETENTION_DAYS", 7, minimum=1, maximum=36500),
+            purge_interval=_int(env, "TIMEBATCH_PURGE_INTERVAL", 3600, minimum=60, maximum=86400),
+            metrics_dir=_path(env, "PROMETHEUS_MULTIPROC_DIR"),
         )

@@ -3,8 +3,9 @@
 The commands are defined once, in :data:`PROCESSES`; the Procfile and docker-compose.yml
 spell the same argument lists with environment variables (see :data:`SETTINGS_ENV`).
 
-Each process runs in its own process group with ``os.environ | settings.as_env()`` and its
-output is copied line by line with the process name in front. On SIGINT, SIGTERM or SIGHUP,
+Each process runs in its own process group with ``os.environ | settings.as_env()`` (less
+what :data:`UNSET_ENV` names for it) and its output is copied line by line with the process
+name in front. On SIGINT, SIGTERM or SIGHUP,
 or as soon as any process exits on its own, every process group gets SIGTERM; whatever is
 left after :data:`STOP_TIMEOUT` seconds gets SIGKILL. :func:`run_stack` returns only when no
 process of the stack is left, grandchildren included (celery's prefork pool, gunicorn's
@@ -13,7 +14,9 @@ workers). A second signal while stopping skips the grace period.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -31,7 +34,8 @@ from typing import IO, Any
 
 import psutil
 
-from shared.settings import Settings
+from shared.metrics import prepare_directory
+from shared.settings import Settings, SettingsError
 
 # Argument templates; "{field}" is a Settings attribute listed in SETTINGS_ENV.
 PROCESSES: dict[str, list[str]] = {
@@ -47,6 +51,8 @@ PROCESSES: dict[str, list[str]] = {
         "8",
         "--timeout",
         "120",
+        "--config",
+        "python:api.gunicorn_config",
         "api.wsgi:app",
     ],
     "worker": [
@@ -77,9 +83,12 @@ PROCESSES: dict[str, list[str]] = {
         "worker.main",
         "flower",
         "--port={flower_port}",
-        "--basic-auth={flower_basic_auth}",  # dropped when FLOWER_BASIC_AUTH is not set
+        "--basic-auth={flower_basic_auth}",  # see with_flower_auth
     ],
 }
+# Environment variables a process must not inherit: Flower keeps its own metrics in memory
+# (its /metrics), and must not write them among the web's and worker's multiprocess files.
+UNSET_ENV: dict[str, tuple[str, ...]] = {"flower": ("PROMETHEUS_MULTIPROC_DIR",)}
 
 # Template field -> the environment variable that carries it (Settings.as_env()).
 SETTINGS_ENV: dict[str, str] = {
@@ -139,6 +148,32 @@ def executable(program: str) -> str:
     return shutil.which(program) or program
 
 
+def with_flower_auth(settings: Settings, *, embedded: bool) -> Settings:
+    """Flower never runs open: the embedded default makes up a password, production needs one."""
+    if settings.flower_basic_auth is not None:
+        return settings
+    if not embedded:
+        raise SettingsError(
+            "FLOWER_BASIC_AUTH is not set: Flower refuses to start without basic auth"
+            " (user:password) outside the embedded default"
+        )
+    password = secrets.token_urlsafe(12)
+    return dataclasses.replace(settings, flower_basic_auth=f"admin:{password}")
+
+
+def with_metrics_dir(settings: Settings) -> Settings:
+    """PROMETHEUS_MULTIPROC_DIR, <data_dir>/metrics unless set: web and worker share it."""
+    if settings.metrics_dir is not None:
+        return settings
+    return dataclasses.replace(settings, metrics_dir=settings.data_dir / "metrics")
+
+
+def child_env(name: str, env: Mapping[str, str]) -> dict[str, str]:
+    """The environment of one process of the stack."""
+    unset = UNSET_ENV.get(name, ())
+    return {key: value for key, value in env.items() if key not in unset}
+
+
 def run_stack(settings: Settings) -> int:
     """Run the stack in the foreground until a signal arrives or a process exits.
 
@@ -150,7 +185,11 @@ def run_stack(settings: Settings) -> int:
     env = os.environ | settings.as_env()
     env.setdefault("PYTHONUNBUFFERED", "1")  # lines through our pipes as they are printed
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule there
-    return _Stack(stack_commands(settings), env).run()
+    if settings.metrics_dir is not None:
+        # Counters start from zero with the stack; files of an earlier run would be summed.
+        prepare_directory(settings.metrics_dir, clear=True)
+    commands = stack_commands(settings)
+    return _Stack(commands, {name: child_env(name, env) for name in commands}).run()
 
 
 @dataclass
@@ -165,7 +204,7 @@ class _Child:
 @dataclass
 class _Stack:
     commands: dict[str, list[str]]
-    env: dict[str, str]
+    envs: dict[str, dict[str, str]]
     children: list[_Child] = field(default_factory=list)
     descendants: dict[int, Any] = field(default_factory=dict)  # pid -> psutil.Process
     signals: int = 0
@@ -202,7 +241,7 @@ class _Stack:
             try:
                 popen = subprocess.Popen(
                     argv,
-                    env=self.env,
+                    env=self.envs[name],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+from collections import Counter
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,10 @@ from werkzeug.test import TestResponse
 
 SCHEMA = Path(__file__).parent / "fixtures" / "jsonapi-schema-1.0.json"
 JSONAPI = "application/vnd.api+json; charset=utf-8"
+# Routes that do not speak JSON:API: health (plain JSON), metrics (Prometheus text), OpenAPI.
+NOT_JSONAPI = frozenset({"/healthz", "/metrics", "/api/v2/openapi.json"})
+# How many response documents this test session validated against the JSON:API schema.
+VALIDATED = Counter[str]()
 
 
 def _match_all_patterns(node: Any) -> Any:
@@ -35,14 +41,23 @@ def validator() -> Draft202012Validator:
 
 
 def check_response(response: TestResponse) -> None:
-    if response.status_code in (204, 303) or response.request.path == "/healthz":
-        assert not response.data or response.request.path == "/healthz"
+    path = response.request.path
+    if response.status_code in (204, 303) or path in NOT_JSONAPI:
+        assert not response.data or path in NOT_JSONAPI
         return
     assert response.content_type == JSONAPI, response.content_type
-    document = json.loads(response.data)
+    raw = response.data
+    if response.headers.get("Content-Encoding") == "gzip":
+        raw = gzip.decompress(raw)
+    check_document(json.loads(raw), response.status_code)
+
+
+def check_document(document: Any, status: int) -> None:
+    """A JSON:API 1.0 document, with error objects as the contract has them."""
     errors = sorted(validator().iter_errors(_sample(document)), key=str)
     assert not errors, f"not a JSON:API document: {errors[0].message[:300]}"
-    if response.status_code >= 400:
+    VALIDATED["errors" if status >= 400 else "data"] += 1
+    if status >= 400:
         assert "errors" in document, document
         for error in document["errors"]:
             assert error["status"] == str(int(error["status"]))

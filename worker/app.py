@@ -11,11 +11,14 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
+from shared import metrics
 from shared.db import make_engine
 from shared.jobs import fail_unexpectedly, run_job
-from shared.queue import PROCESS_JOB, SWEEP_JOBS, create_celery, publish_job
+from shared.queue import PROCESS_JOB, PURGE_JOBS, SWEEP_JOBS, create_celery, publish_job
+from shared.retention import purge_expired_jobs
 from shared.settings import Settings
 from shared.sweeper import stuck_jobs
+from worker.telemetry import connect_signals, record_outcome
 
 logger = get_task_logger(__name__)
 
@@ -56,6 +59,9 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     app = create_celery(settings)
     holder = EngineHolder(settings)
+    if settings.metrics_dir is not None:
+        metrics.prepare_directory(settings.metrics_dir, clear=False)
+    connect_signals(settings)
 
     @app.task(name=PROCESS_JOB, bind=True, max_retries=settings.job_max_attempts)  # type: ignore[untyped-decorator]
     def process_job(self: Task[[str], str], job_id: str) -> str:
@@ -70,10 +76,12 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
             if not is_transient(exc):
                 logger.exception("job %s failed with an internal error", job_id)
                 fail_unexpectedly(holder.engine, uuid.UUID(job_id))
+                record_outcome(holder.engine, job_id, "failed")
                 raise
             countdown = min(2**self.request.retries, 60)
             logger.warning("job %s hit a transient database error; retrying", job_id)
             raise self.retry(exc=exc, countdown=countdown) from exc
+        record_outcome(holder.engine, job_id, outcome)
         logger.info("job %s %s", job_id, outcome)
         return outcome
 
@@ -81,12 +89,21 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     def sweep_jobs() -> int:
         return recover_jobs(holder.engine, settings, app)
 
+    @app.task(name=PURGE_JOBS, acks_late=False)  # type: ignore[untyped-decorator]
+    def purge_jobs() -> int:
+        return purge_expired(holder.engine, settings)
+
     app.conf.beat_schedule = {
         "sweep-stuck-jobs": {
             "task": SWEEP_JOBS,
             "schedule": float(settings.sweep_interval),
             "options": {"expires": float(settings.sweep_interval)},
-        }
+        },
+        "purge-expired-jobs": {
+            "task": PURGE_JOBS,
+            "schedule": float(settings.purge_interval),
+            "options": {"expires": float(settings.purge_interval)},
+        },
     }
     app.conf.timebatch_settings = settings
     return app
@@ -99,5 +116,26 @@ def recover_jobs(engine: Engine, settings: Settings, app: Celery) -> int:
     for job_id in ids:
         publish_job(app, job_id)
     if ids:
+        metrics.metrics().sweeper_republished.labels(settings.queue).inc(len(ids))
         logger.warning("re-published %d stuck jobs", len(ids))
     return len(ids)
+
+
+PURGE_CHUNK = 1000
+
+
+def purge_expired(engine: Engine, settings: Settings) -> int:
+    """Apply retention, one transaction per chunk of jobs; returns how many were purged."""
+    total = 0
+    while True:
+        with Session(engine) as session, session.begin():
+            purged = purge_expired_jobs(
+                session, retention_days=settings.retention_days, limit=PURGE_CHUNK
+            )
+        total += purged
+        if purged < PURGE_CHUNK:
+            break
+    if total:
+        metrics.metrics().jobs_purged.inc(total)
+        logger.info("retention purged the batches and results of %d jobs", total)
+    return total

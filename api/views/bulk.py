@@ -11,7 +11,7 @@ from api.context import db, services
 from api.negotiation import require_acceptable, require_bulk_content_type
 from api.parsing import load_json, parse_bulk, parse_flag
 from api.views.jobs import answer_for
-from shared.jobs import submit_job
+from shared.jobs import fingerprint, submit_job
 from shared.jsonapi import ApiError
 
 blueprint = Blueprint("bulk", __name__)
@@ -23,7 +23,8 @@ def _submit(operation: str) -> Response:
     require_acceptable(request)
     require_bulk_content_type(request)
     settings = services().settings
-    document = load_json(request.get_data(cache=False))
+    body = request.get_data(cache=False)
+    document = load_json(body)
     extra = frozenset({"for_all_approvers"}) if operation == "approve" else frozenset()
     items = parse_bulk(document, operation, max_batch=settings.max_batch_size, extra_members=extra)
     options: dict[str, Any] = {}
@@ -46,7 +47,8 @@ def _submit(operation: str) -> Response:
                 f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters",
             )
     session = db()
-    job, created = submit_job(session, principal(), operation, items, options, key)
+    digest = fingerprint(operation, body, options)
+    job, created = submit_job(session, principal(), operation, items, options, key, digest)
     session.commit()
     if created:
         # Only after the commit: a worker must find the row the message names.

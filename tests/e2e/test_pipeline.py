@@ -259,6 +259,23 @@ def test_polling_with_prefer_wait_redirects_once_finished(
     assert polled.headers["Location"].endswith("/result")
 
 
+def test_result_is_served_gzip_to_clients_that_accept_it(
+    jobs: JobClient, e2e_auth: Any, e2e_client: Any
+) -> None:
+    import gzip
+
+    headers = e2e_auth(7781)
+    outcome = jobs.run("POST", "/api/v2/time_entries", create_doc(50), headers)
+    location = outcome.result.request.path
+    zipped = e2e_client.get(location, headers=headers | {"Accept-Encoding": "gzip, br"})
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(zipped.data) == outcome.result.data
+    assert len(zipped.data) * 5 < len(outcome.result.data)
+    refused = e2e_client.get(location, headers=headers | {"Accept-Encoding": "gzip;q=0"})
+    assert "Content-Encoding" not in refused.headers
+    assert refused.data == outcome.result.data
+
+
 def worker_peak_rss(worker: WorkerProcess) -> int:
     """Peak resident memory (bytes) of the biggest process in the worker's tree."""
     import psutil

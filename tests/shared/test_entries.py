@@ -145,3 +145,17 @@ def test_delete_of_approved_entry_is_refused(session: Session, factories: Factor
         delete_entries(session, load_context(session, 2110, 7781), [{"id": entry.id}], progress)
     assert info.value.status == 409
     assert "unapprove first" in info.value.problems[0].detail
+
+
+def test_returned_rows_are_the_stored_rows(session: Session, factories: Factories) -> None:
+    """Create and update render from memory; what they return must be what was stored."""
+    from shared.render import COLUMNS
+
+    ctx = load_context(session, 2110, 7781)
+    created = create_entries(session, ctx, [item(note="a"), item(task_id=302)], progress)
+    updated = update_entries(session, ctx, [{"id": created[0]["id"], "time": 45}], progress)
+    for row in [created[1], updated[0]]:
+        stored = session.execute(
+            select(*(getattr(TimeEntry, name) for name in COLUMNS)).where(TimeEntry.id == row["id"])
+        ).one()
+        assert {name: row[name] for name in COLUMNS} == dict(stored._mapping)

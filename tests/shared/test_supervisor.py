@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from shared import supervisor
-from shared.settings import Settings
+from shared.settings import Settings, SettingsError
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -95,7 +95,7 @@ def test_stack_commands_follow_settings(tmp_path: Path) -> None:
     args = {name: shlex.join(argv[1:]) for name, argv in commands.items()}
     assert args == {
         "web": "--bind 0.0.0.0:8123 --workers 3 --worker-class gthread --threads 8"
-        " --timeout 120 api.wsgi:app",
+        " --timeout 120 --config python:api.gunicorn_config api.wsgi:app",
         "worker": "-A worker.main worker --loglevel INFO --concurrency 4 --queues q-test",
         "beat": "-A worker.main beat --loglevel INFO"
         f" --schedule {base.data_dir}/celerybeat-schedule",
@@ -105,65 +105,68 @@ def test_stack_commands_follow_settings(tmp_path: Path) -> None:
     assert with_auth["flower"][-1] == "--basic-auth=a:b,c:d"
 
 
-def test_procfile_runs_the_same_commands() -> None:
-    lines: dict[str, str] = {}
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if match := re.match(r"^([A-Za-z0-9_]+):\s*(.+)$", line):
-            lines[match.group(1)] = match.group(2)
-    assert lines.pop("release") == "timebatch db upgrade"
-    assert set(lines) == set(supervisor.PROCESSES)
-    as_env = {name: f"${env}" for name, env in supervisor.SETTINGS_ENV.items()}
-    for name, template in supervisor.PROCESSES.items():
-        words = []
-        for word in shlex.split(lines[name]):
-            # ${VAR:+arg}: arg only when VAR is set, as render() drops arguments of None.
-            optional = re.fullmatch(r"\$\{(\w+):\+(.+)\}", word)
-            if optional:
-                assert f"${optional.group(1)}" in optional.group(2)
-                word = optional.group(2)
-            words.append(word)
-        assert words == supervisor.render(template, as_env), name
+# The Procfile and docker-compose.yml run the same commands: tests/shared/test_compose.py.
 
 
-def compose_commands(text: str) -> dict[str, list[str]]:
-    """`command:` block lists of the services (no YAML parser in the venv)."""
-    commands: dict[str, list[str]] = {}
-    service = None
-    in_command = False
-    for line in text.splitlines():
-        if match := re.fullmatch(r"  ([a-z]+):", line):
-            service, in_command = match.group(1), False
-        elif line == "    command:":
-            in_command = True
-            assert service is not None
-            commands[service] = []
-        elif in_command and (match := re.fullmatch(r"      - (.+)", line)):
-            assert service is not None
-            commands[service].append(match.group(1).strip('"'))
-        else:
-            in_command = False
-    return commands
+def test_the_stack_starts_with_an_empty_metrics_directory_flower_outside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    show = "import os; print('dir', os.environ.get('PROMETHEUS_MULTIPROC_DIR'), flush=True)"
+    monkeypatch.setattr(
+        supervisor,
+        "PROCESSES",
+        {
+            "worker": [PYTHON, "-c", show + "; import time; time.sleep(60)"],
+            "flower": [PYTHON, "-c", show + "; import time; time.sleep(1.5)"],
+        },
+    )
+    base = supervisor.with_metrics_dir(settings(tmp_path))
+    assert base.metrics_dir is not None
+    base.metrics_dir.mkdir(parents=True)
+    (base.metrics_dir / "counter_12345.db").write_bytes(b"stale")
+    assert supervisor.run_stack(base) == 1  # flower quit on its own
+    output = capsys.readouterr().out
+    assert re.search(rf"^worker\s+\| dir {re.escape(str(base.metrics_dir))}$", output, re.M)
+    assert re.search(r"^flower\s+\| dir None$", output, re.M), output
+    assert list(base.metrics_dir.iterdir()) == []
 
 
-def test_docker_compose_runs_the_same_commands(tmp_path: Path) -> None:
-    compose = (ROOT / "docker-compose.yml").read_text()
-    commands = compose_commands(compose)
-    defaults = settings(tmp_path)
-    values: dict[str, object] = {
-        "port": 8000,
-        "flower_port": 5555,
-        "data_dir": "/data",
-        "flower_basic_auth": "${FLOWER_BASIC_AUTH:?set FLOWER_BASIC_AUTH}",
+def test_flower_never_runs_open(tmp_path: Path) -> None:
+    embedded = supervisor.with_flower_auth(settings(tmp_path), embedded=True)
+    user, _, password = (embedded.flower_basic_auth or "").partition(":")
+    assert user == "admin" and len(password) >= 16
+    assert supervisor.stack_commands(embedded)["flower"][-1] == f"--basic-auth=admin:{password}"
+    given = settings(tmp_path, flower_basic_auth="ops:s3cret")
+    assert supervisor.with_flower_auth(given, embedded=False) is given
+    with pytest.raises(SettingsError, match="FLOWER_BASIC_AUTH"):
+        supervisor.with_flower_auth(settings(tmp_path), embedded=False)
+
+
+def test_timebatch_run_refuses_to_start_flower_open_in_production(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from shared.cli import main
+
+    env = {
+        "DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/nothing",
+        "BROKER_URL": "redis://127.0.0.1:1/0",
+        "TIMEBATCH_DATA_DIR": str(tmp_path),
+        "FLOWER_BASIC_AUTH": None,
     }
-    for name in ("web_concurrency", "worker_concurrency", "queue"):
-        env = supervisor.SETTINGS_ENV[name]
-        default = getattr(Settings(None, None, tmp_path), name)
-        values[name] = f"${{{env}:-{default}}}"
-        assert f"{env}: {values[name]}" in compose  # the containers' Settings agree
-    for name, template in supervisor.PROCESSES.items():
-        assert commands[name] == supervisor.render(template, values), name
-    assert 'command: ["timebatch", "db", "upgrade"]' in compose
-    assert defaults.port == 8000 and defaults.flower_port == 5555
+    result = CliRunner().invoke(main, ["run"], env=env)
+    assert result.exit_code == 1
+    assert "FLOWER_BASIC_AUTH is not set" in result.output
+
+
+def test_metrics_directory_defaults_into_the_data_dir_and_skips_flower(tmp_path: Path) -> None:
+    base = supervisor.with_metrics_dir(settings(tmp_path))
+    assert base.metrics_dir == tmp_path / "data" / "metrics"
+    chosen = settings(tmp_path, metrics_dir=tmp_path / "elsewhere")
+    assert supervisor.with_metrics_dir(chosen).metrics_dir == tmp_path / "elsewhere"
+    env = base.as_env()
+    assert env["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path / "data" / "metrics")
+    assert "PROMETHEUS_MULTIPROC_DIR" in supervisor.child_env("worker", env)
+    assert "PROMETHEUS_MULTIPROC_DIR" not in supervisor.child_env("flower", env)
 
 
 # -------------------------------------------------------------------------------- running

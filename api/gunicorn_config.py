@@ -1,0 +1,16 @@
+"""gunicorn's settings (`--config python:api.gunicorn_config`): JSON logs, metrics cleanup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.logs import gunicorn_logconfig
+from shared.metrics import forget_process
+from shared.settings import Settings
+
+logconfig_dict = gunicorn_logconfig()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    # A worker that exited (restarted, killed) must not keep counting its requests in progress.
+    forget_process(Settings.from_env().metrics_dir, worker.pid)

@@ -1,0 +1,828 @@
+"""The OpenAPI 3.1 description of the whole HTTP API, served at GET /api/v2/openapi.json.
+
+Built in Python so that limits, enumerations and attribute lists come from the code that
+enforces them. tests/api/test_openapi.py checks that it names exactly the app's routes and
+that real answers conform to it; a schemathesis run against the live app checks the rest.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import orjson
+
+from api.negotiation import BULK_CONTENT_TYPE, MAX_WAIT
+from api.parsing import MAX_ID, MAX_MINUTES, MAX_NOTE
+from api.telemetry import HEADER as REQUEST_ID
+from shared.costs import COST_COLUMNS
+from shared.jsonapi import MEDIA_TYPE
+from shared.models import JOB_STATUSES, OPERATIONS
+from shared.queries import DEFAULT_PAGE_SIZE, ENTRY_SORTS, ENTRY_STATUSES, MAX_PAGE_SIZE
+from shared.render import RELATIONSHIPS
+
+Schema = dict[str, Any]
+
+# info.version: this description of the /api/v2 API; bump it when the API changes.
+VERSION = "2.0.0"
+NULLABLE_TIMESTAMPS = (
+    "started_at",
+    "timer_started_at",
+    "timer_stopped_at",
+    "approved_at",
+    "rejected_at",
+)
+
+ERROR_DESCRIPTIONS = {
+    400: "The request is malformed: see each error's source",
+    401: "X-Auth-Token is missing or unknown",
+    403: "Not allowed: wrong organization, read-only token, or a permission is missing",
+    404: "No such resource in your organization",
+    406: f"Accept allows neither {MEDIA_TYPE} nor */*",
+    409: "Conflict: a type mismatch, a locked entry, or a job in the wrong state",
+    410: "The job's result was deleted by retention",
+    413: "The body or the batch is too large",
+    415: f"The body must be sent as {BULK_CONTENT_TYPE}",
+    422: "Validation failed: see each error's source",
+    500: "A job failed on an internal error (its stored answer)",
+    503: "The database is unavailable; retry after Retry-After seconds",
+}
+AUTHENTICATED = (401, 403, 406, 503)
+
+
+def ref(name: str, kind: str = "schemas") -> Schema:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def nullable(schema: Schema) -> Schema:
+    kind = schema["type"]
+    return schema | {"type": [kind, "null"]}
+
+
+def _text(**extra: Any) -> Schema:
+    return {"type": "string", **extra}
+
+
+def _integer(**extra: Any) -> Schema:
+    return {"type": "integer", **extra}
+
+
+def _object(properties: Schema, required: tuple[str, ...] = (), *, closed: bool = True) -> Schema:
+    schema: Schema = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
+TIMESTAMP = _text(format="date-time")
+RESOURCE_ID = _text(pattern="^[1-9][0-9]{0,18}$", examples=["7781"])
+# Ids in request bodies may be numbers or strings.
+ANY_ID: Schema = {
+    "anyOf": [RESOURCE_ID, _integer(minimum=1, maximum=MAX_ID)],
+    "description": "a positive integer, as a number or a string",
+}
+
+
+# ------------------------------------------------------------------------------- schemas
+
+
+def _linkage(kind: str) -> Schema:
+    return _object({"type": {"const": kind}, "id": RESOURCE_ID}, ("type", "id"))
+
+
+def _to_one(kind: str) -> Schema:
+    """A relationship that `include` can fill: linkage (or null), else meta.included false."""
+    return {
+        "oneOf": [
+            _object({"data": nullable(_linkage(kind))}, ("data",)),
+            ref("NotIncluded"),
+        ]
+    }
+
+
+def _organization() -> Schema:
+    return _object({"data": _linkage("organizations")}, ("data",))
+
+
+def _time_entry_attributes() -> Schema:
+    properties: Schema = {
+        "date": _text(format="date"),
+        "created_at": TIMESTAMP,
+        "time": _integer(minimum=0, maximum=MAX_MINUTES),
+        "billable_time": _integer(minimum=0),
+        "recognized_time": _integer(),
+        "note": nullable(_text()),
+        "track_method_id": _integer(),
+        "approved": {"type": "boolean"},
+        "updated_at": TIMESTAMP,
+        "calendar_event_id": nullable(_integer()),
+        "invoice_attribution_id": nullable(_integer()),
+        "invoiced": {"type": "boolean"},
+        "overhead": {"type": "boolean"},
+        "rejected": {"type": "boolean"},
+        "rejected_reason": nullable(_text()),
+        "last_activity_at": TIMESTAMP,
+        "submitted": {"type": "boolean"},
+        "currency": _text(minLength=3, maxLength=3),
+        "currency_default": _text(minLength=3, maxLength=3),
+        "currency_normalized": _text(minLength=3, maxLength=3),
+    }
+    for name in NULLABLE_TIMESTAMPS:
+        properties[name] = nullable(TIMESTAMP)
+    for name in COST_COLUMNS:
+        properties[name] = _integer(description="cents")
+    return _object(properties, tuple(properties))
+
+
+INCLUDABLE = {"person": "people", "service": "services", "task": "tasks"}
+
+
+def _time_entry() -> Schema:
+    relationships: Schema = {"organization": _organization()}
+    for name in RELATIONSHIPS[1:]:
+        included = name in INCLUDABLE
+        relationships[name] = _to_one(INCLUDABLE[name]) if included else ref("NotIncluded")
+    return _object(
+        {
+            "id": RESOURCE_ID,
+            "type": {"const": "time_entries"},
+            "attributes": ref("TimeEntryAttributes"),
+            "relationships": _object(relationships, tuple(relationships)),
+        },
+        ("id", "type", "attributes", "relationships"),
+    )
+
+
+def _directory(kind: str, attributes: Schema, relationships: tuple[str, ...]) -> Schema:
+    related: Schema = {"organization": _organization()}
+    for name in relationships:
+        related[name] = ref("NotIncluded")
+    attributes = attributes | {"created_at": TIMESTAMP}
+    return _object(
+        {
+            "id": RESOURCE_ID,
+            "type": {"const": kind},
+            "attributes": _object(attributes, tuple(attributes)),
+            "relationships": _object(related, tuple(related)),
+        },
+        ("id", "type", "attributes", "relationships"),
+    )
+
+
+def _job() -> Schema:
+    attributes = _object(
+        {
+            "status": {"enum": list(JOB_STATUSES)},
+            "operation": {"enum": list(OPERATIONS)},
+            "total": _integer(minimum=0),
+            "processed": _integer(minimum=0),
+            "errors": _integer(minimum=0, description="error objects in a failed job's result"),
+            "created_at": TIMESTAMP,
+            "started_at": nullable(TIMESTAMP),
+            "finished_at": nullable(TIMESTAMP),
+            "attempts": _integer(minimum=0),
+        },
+        (
+            "status",
+            "operation",
+            "total",
+            "processed",
+            "errors",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "attempts",
+        ),
+    )
+    return _object(
+        {
+            "id": _text(format="uuid"),
+            "type": {"const": "jobs"},
+            "attributes": attributes,
+            "links": _object({"self": _text()}, ("self",)),
+            "meta": _object(
+                {"result": _text(description="where a finished job's result is")}, ("result",)
+            ),
+        },
+        ("id", "type", "attributes", "links"),
+    )
+
+
+def _document(data: Schema, *, included: bool = False, paged: bool = False) -> Schema:
+    properties: Schema = {"data": data, "meta": _object({}, closed=False)}
+    required = ["data", "meta"]
+    if included:
+        properties["included"] = {"type": "array", "items": ref("DirectoryResource")}
+    if paged:
+        properties["meta"] = ref("PageMeta")
+        properties["links"] = ref("PageLinks")
+        required.append("links")
+    return _object(properties, tuple(required))
+
+
+def _bulk_attributes() -> Schema:
+    return _object(
+        {
+            "date": _text(format="date", description="YYYY-MM-DD, 1900 to 2999"),
+            "time": _integer(minimum=0, maximum=MAX_MINUTES, description="minutes"),
+            "note": nullable(_text(maxLength=MAX_NOTE)),
+        }
+    )
+
+
+def _bulk_relationships(*, required: tuple[str, ...]) -> Schema:
+    def related(kind: str, *, optional: bool = False) -> Schema:
+        linkage = _object({"type": {"const": kind}, "id": ANY_ID}, ("type", "id"))
+        data = {"oneOf": [linkage, {"type": "null"}]} if optional else linkage
+        return _object({"data": data}, ("data",))
+
+    return _object(
+        {
+            "person": related("people"),
+            "service": related("services"),
+            "task": related("tasks", optional=True),
+        },
+        required,
+    )
+
+
+def _bulk_body(item: Schema, *, extra: Schema | None = None) -> Schema:
+    properties: Schema = {
+        "data": {
+            "type": "array",
+            "minItems": 1,
+            "items": item,
+            "description": "at most TIMEBATCH_MAX_BATCH_SIZE resources (10,000 by default)",
+        },
+        "meta": {"type": "object"},
+    }
+    return _object(properties | (extra or {}), ("data",))
+
+
+def schemas() -> Schema:
+    entry_type = {"const": "time_entries"}
+    return {
+        "Error": _object(
+            {
+                "status": _text(pattern="^[1-5][0-9][0-9]$"),
+                "title": _text(minLength=1),
+                "code": _text(),
+                "detail": _text(minLength=1),
+                "source": _object(
+                    {"pointer": _text(), "parameter": _text()},
+                ),
+            },
+            ("status", "title", "detail"),
+        ),
+        "ErrorDocument": _object(
+            {
+                "errors": {"type": "array", "minItems": 1, "items": ref("Error")},
+                "jsonapi": _object({"version": _text()}),
+            },
+            ("errors",),
+        ),
+        "NotIncluded": _object(
+            {"meta": _object({"included": {"const": False}}, ("included",))}, ("meta",)
+        ),
+        "TimeEntryAttributes": _time_entry_attributes(),
+        "TimeEntry": _time_entry(),
+        "Person": _directory(
+            "people",
+            {"first_name": _text(), "last_name": _text(), "email": nullable(_text())},
+            ("manager",),
+        ),
+        "Service": _directory(
+            "services", {"name": _text(), "billable": {"type": "boolean"}}, ("approver",)
+        ),
+        "Task": _directory("tasks", {"title": _text()}, ("service",)),
+        "DirectoryResource": {
+            "oneOf": [ref("Person"), ref("Service"), ref("Task")],
+        },
+        "Job": _job(),
+        "JobDocument": _document(ref("Job")),
+        "JobCollection": _document({"type": "array", "items": ref("Job")}, paged=True),
+        "TimeEntryResult": _document({"type": "array", "items": ref("TimeEntry")}),
+        "TimeEntryCollection": _document(
+            {"type": "array", "items": ref("TimeEntry")}, included=True, paged=True
+        ),
+        "TimeEntryDocument": _document(ref("TimeEntry"), included=True),
+        "PersonCollection": _document({"type": "array", "items": ref("Person")}, paged=True),
+        "PersonDocument": _document(ref("Person")),
+        "ServiceCollection": _document({"type": "array", "items": ref("Service")}, paged=True),
+        "ServiceDocument": _document(ref("Service")),
+        "TaskCollection": _document({"type": "array", "items": ref("Task")}, paged=True),
+        "TaskDocument": _document(ref("Task")),
+        "PageMeta": _object(
+            {
+                "current_page": _integer(minimum=1),
+                "total_pages": _integer(minimum=0),
+                "total_count": _integer(minimum=0),
+                "page_size": _integer(minimum=1, maximum=MAX_PAGE_SIZE),
+                "max_page_size": {"const": MAX_PAGE_SIZE},
+            },
+            ("current_page", "total_pages", "total_count", "page_size", "max_page_size"),
+        ),
+        "PageLinks": _object(
+            {
+                "self": _text(),
+                "first": _text(),
+                "prev": nullable(_text()),
+                "next": nullable(_text()),
+                "last": _text(),
+            },
+            ("self", "first", "prev", "next", "last"),
+        ),
+        "BulkCreate": _bulk_body(
+            _object(
+                {
+                    "type": entry_type,
+                    "attributes": _bulk_attributes() | {"required": ["date"]},
+                    "relationships": _bulk_relationships(required=("person", "service")),
+                },
+                ("type", "attributes", "relationships"),
+            )
+        ),
+        "BulkUpdate": _bulk_body(
+            _object(
+                {
+                    "type": entry_type,
+                    "id": ANY_ID,
+                    "attributes": _bulk_attributes(),
+                    "relationships": _bulk_relationships(required=()),
+                },
+                ("type", "id"),
+            )
+        ),
+        "BulkIds": _bulk_body(_object({"type": entry_type, "id": ANY_ID}, ("type", "id"))),
+        "BulkApprove": _bulk_body(
+            _object({"type": entry_type, "id": ANY_ID}, ("type", "id")),
+            extra={
+                "for_all_approvers": {
+                    "type": "boolean",
+                    "description": "approve for every required approver (approve-all permission)",
+                }
+            },
+        ),
+        "Health": _object(
+            {"database": {"enum": ["ok", "down"]}, "broker": {"enum": ["ok", "down"]}},
+            ("database", "broker"),
+        ),
+    }
+
+
+# ---------------------------------------------------------------------------- parameters
+
+
+def parameters() -> Schema:
+    def query(name: str, schema: Schema, description: str) -> Schema:
+        return {"name": name, "in": "query", "schema": schema, "description": description}
+
+    comma_ids = _text(pattern="^[1-9][0-9]{0,18}(,[1-9][0-9]{0,18})*$")
+    return {
+        "JobId": {
+            "name": "job_id",
+            "in": "path",
+            "required": True,
+            "schema": _text(format="uuid"),
+        },
+        "ResourceId": {"name": "id", "in": "path", "required": True, "schema": RESOURCE_ID},
+        "RequestId": {
+            "name": REQUEST_ID,
+            "in": "header",
+            "schema": _text(pattern="^[A-Za-z0-9._:-]{1,128}$"),
+            "description": "echoed back; one is generated when absent",
+        },
+        "Prefer": {
+            "name": "Prefer",
+            "in": "header",
+            "schema": _text(pattern="^wait=[0-9]+$"),
+            "description": (
+                f"`wait=N` (RFC 7240, N up to {MAX_WAIT}): wait up to N seconds and answer with"
+                " the job's final result if it finishes by then"
+            ),
+        },
+        "IdempotencyKey": {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "schema": _text(
+                minLength=1, maxLength=255, pattern="^[\\x21-\\x7e]([\\x20-\\x7e]*[\\x21-\\x7e])?$"
+            ),
+            "description": (
+                "the same key with the same body returns the same job (kept at least 24 hours);"
+                " with another body: 422"
+            ),
+        },
+        "PageNumber": query("page[number]", _integer(minimum=1), "1-based page number"),
+        "PageSize": query(
+            "page[size]",
+            _integer(minimum=1, maximum=MAX_PAGE_SIZE),
+            f"resources per page, default {DEFAULT_PAGE_SIZE}",
+        ),
+        "FilterId": query("filter[id]", comma_ids, "ids, separated by commas"),
+        "FilterPersonId": query("filter[person_id]", comma_ids, "people's ids"),
+        "FilterServiceId": query("filter[service_id]", comma_ids, "services' ids"),
+        "FilterTaskId": query("filter[task_id]", comma_ids, "tasks' ids"),
+        "FilterDate": query("filter[date]", _text(format="date"), "entries of that day"),
+        "FilterAfter": query("filter[after]", _text(format="date"), "entries on or after"),
+        "FilterBefore": query("filter[before]", _text(format="date"), "entries on or before"),
+        "FilterEntryStatus": query(
+            "filter[status]",
+            _text(pattern=f"^({'|'.join(ENTRY_STATUSES)})(,({'|'.join(ENTRY_STATUSES)}))*$"),
+            f"any of {', '.join(ENTRY_STATUSES)}, separated by commas",
+        ),
+        "EntrySort": query(
+            "sort",
+            {"enum": [f"{sign}{name}" for name in ENTRY_SORTS for sign in ("", "-")]},
+            "default -date",
+        ),
+        "EntryInclude": query(
+            "include",
+            _text(pattern="^(person|service|task)(,(person|service|task))*$"),
+            "related resources to add under `included`",
+        ),
+        "FilterJobStatus": query(
+            "filter[status]",
+            _text(pattern=f"^({'|'.join(JOB_STATUSES)})(,({'|'.join(JOB_STATUSES)}))*$"),
+            "job statuses, separated by commas",
+        ),
+        "JobSort": query(
+            "sort",
+            {"enum": ["created_at", "-created_at"]},
+            "default -created_at (newest first)",
+        ),
+        "FilterOperation": query(
+            "filter[operation]",
+            _text(pattern=f"^({'|'.join(OPERATIONS)})(,({'|'.join(OPERATIONS)}))*$"),
+            "operations, separated by commas",
+        ),
+        "ForAllApprovers": query(
+            "for_all_approvers",
+            {"enum": ["true", "false", "1", "0"]},
+            "as the top-level member of the same name",
+        ),
+    }
+
+
+# ----------------------------------------------------------------------------- responses
+
+
+def _headers(*names: str) -> Schema:
+    found = {REQUEST_ID: ref("RequestId", "headers")}
+    for name in names:
+        found[name] = ref(name, "headers")
+    return found
+
+
+def _json_api(schema: Schema, description: str, *headers: str) -> Schema:
+    return {
+        "description": description,
+        "headers": _headers(*headers),
+        "content": {MEDIA_TYPE: {"schema": schema}},
+    }
+
+
+def _error(status: int) -> Schema:
+    headers = ("Retry-After",) if status == 503 else ()
+    return _json_api(ref("ErrorDocument"), ERROR_DESCRIPTIONS[status], *headers)
+
+
+def _responses(answers: dict[int, Schema], errors: tuple[int, ...]) -> Schema:
+    found = {str(status): answer for status, answer in answers.items()}
+    for status in sorted(set(errors)):
+        found.setdefault(str(status), _error(status))
+    return dict(sorted(found.items()))
+
+
+def _no_content(description: str, *headers: str) -> Schema:
+    return {"description": description, "headers": _headers(*headers)}
+
+
+def headers() -> Schema:
+    def header(description: str, schema: Schema, *, required: bool = True) -> Schema:
+        return {"description": description, "required": required, "schema": schema}
+
+    return {
+        "RequestId": header("the request's id, as in the logs", _text()),
+        "Location": header("where to go next", _text()),
+        "Content-Location": header("the job this answer is about", _text()),
+        # Absent once the job is finished (an idempotent replay of a finished job).
+        "Retry-After": header(
+            "seconds to wait before asking again", _text(pattern="^[0-9]+$"), required=False
+        ),
+        "Preference-Applied": header("the Prefer: wait that was honoured", _text()),
+    }
+
+
+# ---------------------------------------------------------------------------- operations
+
+JOB_ACCEPTED = "Accepted: the job is stored and queued; poll its Location"
+RESULT_ERRORS = (400, 403, 404, 409, 422, 500)
+
+
+def _submission(
+    summary: str, operation: str, body: str, final: int, *, query: tuple[str, ...] = ()
+) -> Schema:
+    answers: dict[int, Schema] = {
+        202: _json_api(
+            ref("JobDocument"), JOB_ACCEPTED, "Location", "Content-Location", "Retry-After"
+        )
+    }
+    if final == 204:
+        answers[204] = _no_content(
+            "With Prefer: wait, the job finished: entries deleted",
+            "Content-Location",
+            "Preference-Applied",
+        )
+    else:
+        answers[final] = _json_api(
+            ref("TimeEntryResult"),
+            "With Prefer: wait, the job finished: the entries, in request order",
+            "Content-Location",
+            "Preference-Applied",
+        )
+    return {
+        "tags": ["bulk"],
+        "operationId": operation,
+        "summary": summary,
+        "parameters": [
+            ref("Prefer", "parameters"),
+            ref("IdempotencyKey", "parameters"),
+            ref("RequestId", "parameters"),
+            *(ref(name, "parameters") for name in query),
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {BULK_CONTENT_TYPE: {"schema": ref(body)}},
+        },
+        "responses": _responses(answers, (*AUTHENTICATED, 413, 415, *RESULT_ERRORS)),
+    }
+
+
+def _read(
+    summary: str, operation: str, schema: str, *, parameters: tuple[str, ...], one: bool
+) -> Schema:
+    errors = (*AUTHENTICATED, 400, 404) if one else (*AUTHENTICATED, 400)
+    return {
+        "tags": ["reading"],
+        "operationId": operation,
+        "summary": summary,
+        "parameters": [
+            *(ref(name, "parameters") for name in parameters),
+            ref("RequestId", "parameters"),
+        ],
+        "responses": _responses({200: _json_api(ref(schema), "OK")}, errors),
+    }
+
+
+def paths() -> Schema:
+    paging = ("PageNumber", "PageSize")
+    entry_filters = (
+        "FilterPersonId",
+        "FilterServiceId",
+        "FilterTaskId",
+        "FilterDate",
+        "FilterAfter",
+        "FilterBefore",
+        "FilterEntryStatus",
+    )
+    job = [ref("JobId", "parameters"), ref("RequestId", "parameters")]
+    found: Schema = {
+        "/api/v2/time_entries": {
+            "get": _read(
+                "List time entries",
+                "listTimeEntries",
+                "TimeEntryCollection",
+                parameters=(*entry_filters, "EntrySort", "EntryInclude", *paging),
+                one=False,
+            ),
+            "post": _submission("Create time entries", "createTimeEntries", "BulkCreate", 201),
+            "patch": _submission("Update time entries", "updateTimeEntries", "BulkUpdate", 200),
+            "delete": _submission("Delete time entries", "deleteTimeEntries", "BulkIds", 204),
+        },
+        "/api/v2/time_entries/approve": {
+            "patch": _submission(
+                "Approve time entries",
+                "approveTimeEntries",
+                "BulkApprove",
+                200,
+                query=("ForAllApprovers",),
+            )
+        },
+        "/api/v2/time_entries/unapprove": {
+            "patch": _submission("Unapprove time entries", "unapproveTimeEntries", "BulkIds", 200)
+        },
+        "/api/v2/time_entries/{id}": {
+            "get": _read(
+                "Show a time entry",
+                "showTimeEntry",
+                "TimeEntryDocument",
+                parameters=("ResourceId", "EntryInclude"),
+                one=True,
+            )
+        },
+        "/api/v2/jobs": {
+            "get": {
+                "tags": ["jobs"],
+                "operationId": "listJobs",
+                "summary": "List your organization's jobs, newest first",
+                "parameters": [
+                    ref("FilterJobStatus", "parameters"),
+                    ref("FilterOperation", "parameters"),
+                    ref("JobSort", "parameters"),
+                    *(ref(name, "parameters") for name in paging),
+                    ref("RequestId", "parameters"),
+                ],
+                "responses": _responses(
+                    {200: _json_api(ref("JobCollection"), "OK")}, (*AUTHENTICATED, 400)
+                ),
+            }
+        },
+        "/api/v2/jobs/{job_id}": {
+            "get": {
+                "tags": ["jobs"],
+                "operationId": "showJob",
+                "summary": "Poll a job: 200 while it runs, 303 to its result once finished",
+                "parameters": [*job, ref("Prefer", "parameters")],
+                "responses": _responses(
+                    {
+                        200: _json_api(
+                            ref("JobDocument"),
+                            "Queued, running or canceled",
+                            "Content-Location",
+                        ),
+                        303: _no_content("Finished: see Location for the result", "Location"),
+                    },
+                    (*AUTHENTICATED, 404),
+                ),
+            },
+            "delete": {
+                "tags": ["jobs"],
+                "operationId": "cancelJob",
+                "summary": "Cancel a job that has not started",
+                "parameters": job,
+                "responses": _responses(
+                    {200: _json_api(ref("JobDocument"), "Canceled", "Content-Location")},
+                    (*AUTHENTICATED, 404, 409),
+                ),
+            },
+        },
+        "/api/v2/jobs/{job_id}/result": {
+            "get": {
+                "tags": ["jobs"],
+                "operationId": "showJobResult",
+                "summary": "What the synchronous API would have answered",
+                "description": (
+                    "A succeeded job answers 201 (create) or 200 with the entries as they were"
+                    " when it committed, or 204 (delete); a failed job its error document."
+                    " 409 before the job finishes, 410 once retention deleted the result."
+                ),
+                "parameters": job,
+                "responses": _responses(
+                    {
+                        200: _json_api(
+                            ref("TimeEntryResult"),
+                            "Updated, approved or unapproved",
+                            "Content-Location",
+                        ),
+                        201: _json_api(ref("TimeEntryResult"), "Created", "Content-Location"),
+                        204: _no_content("Deleted", "Content-Location"),
+                    },
+                    (*AUTHENTICATED, 404, 410, *RESULT_ERRORS),
+                ),
+            }
+        },
+    }
+    for plural, singular, name in (
+        ("people", "person", "Person"),
+        ("services", "service", "Service"),
+        ("tasks", "task", "Task"),
+    ):
+        filters = ("FilterId", "FilterServiceId") if plural == "tasks" else ("FilterId",)
+        found[f"/api/v2/{plural}"] = {
+            "get": _read(
+                f"List {plural}",
+                f"list{name}s" if plural != "people" else "listPeople",
+                f"{name}Collection",
+                parameters=(*filters, *paging),
+                one=False,
+            )
+        }
+        found[f"/api/v2/{plural}/{{id}}"] = {
+            "get": _read(
+                f"Show a {singular}",
+                f"show{name}",
+                f"{name}Document",
+                parameters=("ResourceId",),
+                one=True,
+            )
+        }
+    found |= _outside_api()
+    return dict(sorted(found.items()))
+
+
+def _outside_api() -> Schema:
+    """Routes without authentication: health, metrics and this document."""
+    return {
+        "/healthz": {
+            "get": {
+                "tags": ["operations"],
+                "operationId": "health",
+                "summary": "Can the app reach the database and the broker?",
+                "security": [],
+                "parameters": [ref("RequestId", "parameters")],
+                "responses": {
+                    status: {
+                        "description": description,
+                        "headers": _headers(),
+                        "content": {"application/json": {"schema": ref("Health")}},
+                    }
+                    for status, description in (("200", "All up"), ("503", "Something is down"))
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "tags": ["operations"],
+                "operationId": "metrics",
+                "summary": "Prometheus metrics of web and worker processes",
+                "security": [],
+                "parameters": [ref("RequestId", "parameters")],
+                "responses": {
+                    "200": {
+                        "description": "The Prometheus text format 0.0.4",
+                        "headers": _headers(),
+                        "content": {"text/plain": {"schema": _text()}},
+                    }
+                },
+            }
+        },
+        "/api/v2/openapi.json": {
+            "get": {
+                "tags": ["operations"],
+                "operationId": "openapi",
+                "summary": "This document",
+                "security": [],
+                "parameters": [ref("RequestId", "parameters")],
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "headers": _headers(),
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+    }
+
+
+@cache
+def document() -> Schema:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "timebatch",
+            "version": VERSION,
+            "summary": "Asynchronous bulk API for time entries (JSON:API with ext=bulk)",
+            "description": (
+                "Each bulk submission is stored as a job and answered 202 Accepted; poll the"
+                " job until it redirects (303) to its result, which is exactly what the"
+                " synchronous API would have answered. `Prefer: wait=N` answers with the"
+                " result directly when the job finishes within N seconds."
+            ),
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"AuthToken": [], "OrganizationId": []}],
+        "tags": [
+            {"name": "bulk", "description": "Bulk submissions, each accepted as a job"},
+            {"name": "jobs", "description": "Jobs and their results"},
+            {"name": "reading", "description": "Time entries, people, services and tasks"},
+            {"name": "operations", "description": "Health, metrics and this document"},
+        ],
+        "paths": paths(),
+        "components": {
+            "securitySchemes": {
+                "AuthToken": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Auth-Token",
+                    "description": "a personal token (`timebatch token create`)",
+                },
+                "OrganizationId": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Organization-Id",
+                    "description": "the id of the token's organization",
+                },
+            },
+            "schemas": schemas(),
+            "parameters": parameters(),
+            "headers": headers(),
+        },
+    }
+
+
+@cache
+def document_bytes() -> bytes:
+    return orjson.dumps(document())

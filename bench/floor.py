@@ -1,0 +1,258 @@
+"""The database's own floor: what no implementation of a bulk create can skip.
+
+For the very request body the pipeline gets: parse it with orjson, build the rows the worker
+writes (same columns, same computed costs), ``COPY`` them into a scratch copy of the
+time_entries table, read them back, commit, and encode the final JSON:API payload with
+orjson. The scratch table is an ordinary (logged) table made ``LIKE time_entries INCLUDING
+ALL``: the same columns, defaults, check constraints and indexes, but no foreign keys. The
+lookups a real implementation makes (token, person, service, task) are done once, outside
+the clock, and so are the costs of the body's (person, minutes) pairs (a price list is data an
+implementation may keep).
+
+The submit floor: parse the body with orjson and insert it, as received, as one bytea row,
+committed: what accepting a batch durably costs at least. The same as one jsonb row is
+measured too: PostgreSQL then parses the document again and stores its binary form, which
+costs several times more than the raw row, and is a choice, not a necessity.
+
+Both run in this process on their own psycopg connection to the bench database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+import psycopg
+from sqlalchemy import make_url
+
+from shared.costs import COST_COLUMNS, CurrencyBook, entry_costs
+from shared.render import ATTRIBUTES, COLUMNS, RELATIONSHIPS, TIMESTAMPS
+
+SCRATCH = "bench_floor_time_entries"
+SUBMISSIONS = "bench_floor_submissions"
+RAW_SUBMISSIONS = "bench_floor_raw_submissions"
+
+# What the worker writes for a new entry (the rest are the table's defaults).
+INSERT_COLUMNS = (
+    "organization_id",
+    "person_id",
+    "service_id",
+    "task_id",
+    "date",
+    "time",
+    "billable_time",
+    "note",
+    "currency",
+    "currency_default",
+    "currency_normalized",
+    *COST_COLUMNS,
+    "creator_id",
+    "updater_id",
+    "last_actor_id",
+    "created_at",
+    "updated_at",
+    "last_activity_at",
+)
+_COST_VALUES = ("currency", "currency_default", "currency_normalized", *COST_COLUMNS)
+_TIMESTAMP_AT = tuple(n for n, name in enumerate(ATTRIBUTES) if name in TIMESTAMPS)
+_DATE_AT = ATTRIBUTES.index("date")
+
+
+def conninfo(sqlalchemy_url: str) -> str:
+    return make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(False)
+
+
+def _timed(phases: dict[str, float], name: str, started: float) -> float:
+    now = time.perf_counter()
+    phases[name] = now - started
+    return now
+
+
+class Floor:
+    """The floor and the submit floor, for one organization and caller of the demo data."""
+
+    def __init__(self, sqlalchemy_url: str, organization_id: int, caller_id: int) -> None:
+        self.conn = psycopg.connect(conninfo(sqlalchemy_url))
+        self.organization_id = organization_id
+        self.caller_id = caller_id
+        with self.conn.cursor() as cur:
+            for table in (SCRATCH, SUBMISSIONS, RAW_SUBMISSIONS):
+                cur.execute(f"DROP TABLE IF EXISTS {table}")
+            cur.execute(f"CREATE TABLE {SCRATCH} (LIKE time_entries INCLUDING ALL)")
+            cur.execute(f"CREATE TABLE {SUBMISSIONS} (id bigserial PRIMARY KEY, body jsonb)")
+            cur.execute(f"CREATE TABLE {RAW_SUBMISSIONS} (id bigserial PRIMARY KEY, body bytea)")
+            row = cur.execute(
+                "SELECT default_currency, reporting_currency, time_zone, internal_overhead_rate,"
+                " facility_overhead_rate FROM organizations WHERE id = %s",
+                (organization_id,),
+            ).fetchone()
+            assert row is not None, f"organization {organization_id} is missing"
+            default, reporting, zone, internal, facility = row
+            rates: dict[str, Decimal] = dict(
+                cur.execute(  # type: ignore[arg-type]
+                    "SELECT currency, rate FROM exchange_rates WHERE organization_id = %s",
+                    (organization_id,),
+                ).fetchall()
+            )
+            self.people = {
+                pid: (rate, currency)
+                for pid, rate, currency in cur.execute(
+                    "SELECT id, cost_rate, cost_rate_currency FROM people"
+                    " WHERE organization_id = %s",
+                    (organization_id,),
+                )
+            }
+            self.billable = dict(
+                cur.execute(  # type: ignore[arg-type]
+                    "SELECT id, billable FROM services WHERE organization_id = %s",
+                    (organization_id,),
+                ).fetchall()
+            )
+        self.conn.commit()
+        self.book = CurrencyBook(default, reporting, {c: Fraction(r) for c, r in rates.items()})
+        self.overheads = (internal, facility)
+        self.zone = ZoneInfo(zone)
+        self._costs: dict[tuple[int, int], tuple[Any, ...]] = {}
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def costs(self, person_id: int, minutes: int) -> tuple[Any, ...]:
+        """An entry's currencies and costs, as the worker computes them; memoized."""
+        found = self._costs.get((person_id, minutes))
+        if found is None:
+            rate, currency = self.people[person_id]
+            values = entry_costs(
+                minutes,
+                rate,
+                currency,
+                self.book,
+                internal_overhead_rate=self.overheads[0],
+                facility_overhead_rate=self.overheads[1],
+            )
+            found = self._costs[(person_id, minutes)] = tuple(values[k] for k in _COST_VALUES)
+        return found
+
+    def prime(self, body: bytes) -> None:
+        """Compute the costs the body needs before the clock starts: a price list is data an
+        implementation can keep, not work it must redo per request."""
+        for item in orjson.loads(body)["data"]:
+            person = int(item["relationships"]["person"]["data"]["id"])
+            self.costs(person, item["attributes"].get("time", 0))
+
+    def reset(self) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute(f"TRUNCATE {SCRATCH}, {SUBMISSIONS}, {RAW_SUBMISSIONS}")
+        self.conn.commit()
+
+    def create(self, body: bytes) -> tuple[dict[str, float], bytes]:
+        """The floor of a bulk create of ``body``: its phases in seconds, and the payload.
+
+        Call :meth:`prime` with the body first."""
+        phases: dict[str, float] = {}
+        started = t = time.perf_counter()
+        document = orjson.loads(body)
+        t = _timed(phases, "parse", t)
+
+        costs = self.costs
+        now = dt.datetime.now(dt.UTC)
+        caller = self.caller_id
+        organization_id = self.organization_id
+        billable = self.billable
+        rows = []
+        for item in document["data"]:
+            attributes = item["attributes"]
+            relationships = item["relationships"]
+            person_id = int(relationships["person"]["data"]["id"])
+            service_id = int(relationships["service"]["data"]["id"])
+            task = relationships.get("task")
+            minutes = attributes.get("time", 0)
+            rows.append(
+                (
+                    organization_id,
+                    person_id,
+                    service_id,
+                    None if task is None or task["data"] is None else int(task["data"]["id"]),
+                    dt.date.fromisoformat(attributes["date"]),
+                    minutes,
+                    minutes if billable[service_id] else 0,
+                    attributes.get("note"),
+                    *costs(person_id, minutes),
+                    caller,
+                    caller,
+                    caller,
+                    now,
+                    now,
+                    now,
+                )
+            )
+        t = _timed(phases, "rows", t)
+
+        with self.conn.cursor() as cur:
+            with cur.copy(f"COPY {SCRATCH} ({', '.join(INSERT_COLUMNS)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            t = _timed(phases, "copy", t)
+        with self.conn.cursor(binary=True) as cur:
+            read = cur.execute(f"SELECT {', '.join(COLUMNS)} FROM {SCRATCH} ORDER BY id").fetchall()
+            t = _timed(phases, "read", t)
+        self.conn.commit()
+        t = _timed(phases, "commit", t)
+
+        payload = self.encode(read)
+        t = _timed(phases, "encode", t)
+        phases["total"] = t - started
+        return phases, payload
+
+    def encode(self, rows: list[tuple[Any, ...]]) -> bytes:
+        zone = self.zone
+        formatted: dict[dt.datetime, str] = {}
+        relationships: dict[str, Any] = {
+            "organization": {"data": {"type": "organizations", "id": str(self.organization_id)}}
+        }
+        for name in RELATIONSHIPS[1:]:
+            relationships[name] = {"meta": {"included": False}}
+        data = []
+        for row in rows:
+            values = list(row[2:])
+            for n in _TIMESTAMP_AT:
+                value = values[n]
+                if value is not None:
+                    text = formatted.get(value)
+                    if text is None:
+                        text = formatted[value] = value.astimezone(zone).isoformat(
+                            timespec="milliseconds"
+                        )
+                    values[n] = text
+            values[_DATE_AT] = values[_DATE_AT].isoformat()
+            data.append(
+                {
+                    "id": str(row[0]),
+                    "type": "time_entries",
+                    "attributes": dict(zip(ATTRIBUTES, values, strict=True)),
+                    "relationships": relationships,
+                }
+            )
+        return orjson.dumps({"data": data, "meta": {}})
+
+    def submit(self, body: bytes) -> dict[str, float]:
+        """Parse the body and store it as one bytea row (and, for reference, as jsonb)."""
+        started = time.perf_counter()
+        orjson.loads(body)
+        with self.conn.cursor() as cur:
+            cur.execute(f"INSERT INTO {SUBMISSIONS} (body) VALUES (%s::jsonb)", (body.decode(),))
+        self.conn.commit()
+        jsonb = time.perf_counter() - started
+
+        started = time.perf_counter()
+        orjson.loads(body)
+        with self.conn.cursor() as cur:
+            cur.execute(f"INSERT INTO {RAW_SUBMISSIONS} (body) VALUES (%b)", (body,))
+        self.conn.commit()
+        raw = time.perf_counter() - started
+        return {"jsonb": jsonb, "bytea": raw}

@@ -1,0 +1,572 @@
+"""The benchmark: timebatch's pipeline against the database's floor and a naive peer.
+
+``python -m bench.run`` (``make bench``) starts its own stack (see bench.stack), then for each
+batch size measures in one run, on one database:
+
+* create through the real pipeline, polling the job, and again with ``Prefer: wait=60``;
+* at the operations size (10,000): update, approve, unapprove and delete of those entries;
+* the floor and the submit floor (bench.floor) for the same request body;
+* the naive peer (bench.naive) for the same request body;
+
+and prints a table of medians, the ratios with their targets, and writes everything (each
+repetition included) to ``bench/results/<timestamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import orjson
+from sqlalchemy import text
+
+from bench.client import Client, Outcome, clock_offset
+from bench.documents import ADMIN, MEMBER, ORGANIZATION, create_body, refs_body, update_body
+from bench.floor import Floor
+from bench.report import Ratio, Row, ratio, table
+from bench.stack import REPO, BenchError, Child, Stack, open_stack
+from shared.demo import FIRST_FREE_ENTRY_ID
+from shared.settings import Settings, SettingsError
+
+DEFAULT_SIZES = (100, 1_000, 10_000, 100_000)
+QUICK_SIZES = (100, 1_000, 10_000)
+OPS_SIZE = 10_000
+TARGET_SIZE = 10_000
+MEMORY_SIZE = 100_000
+MEMORY_LIMIT_MIB = 1024.0
+PREFER_WAIT = 60
+# The naive peer is skipped at a size where one request would take longer than this.
+NAIVE_BUDGET = 300.0
+# ... and measured once instead of --repeat times where it would take longer than this.
+NAIVE_REPEAT_BUDGET = 60.0
+WARMUP_BATCHES = 6
+FLOOR_RUNS = 3
+FLOOR_RUNS_UP_TO = 10_000
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description="Benchmark timebatch against the database's floor and a naive peer.",
+    )
+    parser.add_argument(
+        "--sizes",
+        default=None,
+        help="comma-separated batch sizes (default 100,1000,10000,100000)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="runs per measurement; the median is reported"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="sizes 100,1000,10000 and one run of each"
+    )
+    parser.add_argument("--database-url", help="PostgreSQL server to use (else DATABASE_URL)")
+    parser.add_argument("--broker-url", help="broker to use (else BROKER_URL)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit with status 1 when a target is missed"
+    )
+    args = parser.parse_args(argv)
+    if args.sizes is not None:
+        try:
+            args.sizes = sorted({int(s.replace("_", "")) for s in args.sizes.split(",") if s})
+        except ValueError:
+            parser.error("--sizes takes whole numbers separated by commas")
+        if not args.sizes or min(args.sizes) < 1:
+            parser.error("--sizes takes positive whole numbers")
+    else:
+        args.sizes = list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    if (args.database_url is None) != (args.broker_url is None):
+        parser.error("give both --database-url and --broker-url, or neither")
+    return args
+
+
+def base_settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    if args.database_url is not None:
+        given = Settings.from_env(
+            {"DATABASE_URL": args.database_url, "BROKER_URL": args.broker_url}
+        )
+        settings = settings.with_urls(given.sqlalchemy_url, given.celery_broker_url)
+    return settings
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _mib(child: Child) -> float:
+    return child.memory.peak()["max_process_mib"]
+
+
+class Bench:
+    def __init__(self, stack: Stack, floor: Floor, client: Client, args: argparse.Namespace):
+        self.stack = stack
+        self.floor = floor
+        self.client = client
+        self.args = args
+        self.rows: dict[tuple[str, int, str], Row] = {}
+        self.floor_phases: dict[int, list[dict[str, float]]] = {}
+        self.notes: list[str] = []
+        self.member = Client.headers(stack.tokens[MEMBER], ORGANIZATION)
+        self.admin = Client.headers(stack.tokens[ADMIN], ORGANIZATION)
+        self.naive_rate: float | None = None
+        self.last_result = b""
+
+    # ----------------------------------------------------------------------------- helpers
+
+    def row(self, operation: str, size: int, variant: str) -> Row:
+        key = (operation, size, variant)
+        if key not in self.rows:
+            self.rows[key] = Row(operation, size, variant)
+        return self.rows[key]
+
+    def cleanup(self) -> None:
+        """Remove what a measurement made, so each starts from the same tables."""
+        with self.stack.engine.begin() as connection:
+            connection.execute(
+                text("DELETE FROM time_entries WHERE id >= :first"),
+                {"first": FIRST_FREE_ENTRY_ID},
+            )
+            connection.execute(text("DELETE FROM jobs"))
+        with self.stack.engine.connect().execution_options(
+            isolation_level="AUTOCOMMIT"
+        ) as connection:
+            connection.execute(text("VACUUM ANALYZE time_entries, approval_statuses, jobs"))
+
+    def measured(self, children: Sequence[Child], action: Callable[[], Outcome]) -> Outcome:
+        for child in children:
+            child.memory.reset()
+        outcome = action()
+        for child in children:
+            child.check_alive()
+        return outcome
+
+    def record(
+        self, operation: str, size: int, variant: str, outcome: Outcome, **extra: Any
+    ) -> dict[str, Any]:
+        sample = outcome.metrics()
+        sample["entries_per_s"] = size / outcome.e2e if outcome.e2e > 0 else None
+        sample.update(extra)
+        self.row(operation, size, variant).samples.append(sample)
+        parts = [f"e2e {outcome.e2e * 1000:,.0f} ms"]
+        if outcome.submit is not None:
+            parts.insert(0, f"submit {outcome.submit * 1000:,.0f} ms")
+        if outcome.apply is not None:
+            parts.append(f"apply {outcome.apply * 1000:,.0f} ms")
+        say(f"  {operation} {size:,} {variant}: " + ", ".join(parts))
+        return sample
+
+    def pipeline(
+        self, method: str, path: str, body: bytes, headers: dict[str, str], expect: int, **kw: Any
+    ) -> tuple[Outcome, dict[str, float]]:
+        stack = self.stack
+        outcome = self.measured(
+            (stack.web, stack.worker),
+            lambda: self.client.run(method, path, body, headers, expect=expect, **kw),
+        )
+        return outcome, {"web_peak_mib": _mib(stack.web), "worker_peak_mib": _mib(stack.worker)}
+
+    # ------------------------------------------------------------------------ measurements
+
+    def warm_up(self) -> None:
+        """Open every process's connections and load its code before anything is measured."""
+        body = create_body(20)
+        for _ in range(WARMUP_BATCHES):
+            self.client.run("POST", "/api/v2/time_entries", body, self.member, expect=201)
+        self.client.run(
+            "POST", "/api/v2/time_entries", body, self.member, expect=201, prefer_wait=PREFER_WAIT
+        )
+        self.client.post_sync(
+            self.stack.naive_url + "/api/v2/time_entries", body, self.member, expect=201
+        )
+        self.floor.reset()
+        self.floor.prime(body)
+        self.floor.create(body)
+        self.floor.submit(body)
+        self.cleanup()
+
+    def measure_floor(self, size: int, body: bytes) -> bytes:
+        """The floors are cheap and a commit's fsync is noisy: up to 10,000 entries each
+        repetition measures them several times (the medians are over every sample)."""
+        payload = b""
+        for _ in range(FLOOR_RUNS if size <= FLOOR_RUNS_UP_TO else 1):
+            self.floor.reset()
+            self.floor.prime(body)
+            phases, payload = self.floor.create(body)
+            self.floor_phases.setdefault(size, []).append(phases)
+            total = phases["total"]
+            self.row("create", size, "floor").samples.append(
+                {"e2e_ms": round(total * 1000, 2), "entries_per_s": size / total, "phases": phases}
+            )
+            submit = self.floor.submit(body)
+            self.row("create", size, "submit floor").samples.append(
+                {
+                    "submit_ms": round(submit["bytea"] * 1000, 2),
+                    "jsonb_ms": round(submit["jsonb"] * 1000, 2),
+                }
+            )
+            say(
+                f"  floor {size:,}: {total * 1000:,.0f} ms; submit floor"
+                f" {submit['bytea'] * 1000:,.0f} ms (as jsonb {submit['jsonb'] * 1000:,.0f} ms)"
+            )
+        return payload
+
+    def measure_create(self, size: int, body: bytes, *, prefer: bool) -> list[str]:
+        outcome, memory = self.pipeline(
+            "POST",
+            "/api/v2/time_entries",
+            body,
+            self.member,
+            201,
+            prefer_wait=PREFER_WAIT if prefer else None,
+        )
+        ids = [entry["id"] for entry in orjson.loads(outcome.body)["data"]]
+        if len(ids) != size:
+            raise BenchError(f"create of {size:,} answered {len(ids):,} entries")
+        self.record("create", size, "prefer" if prefer else "poll", outcome, **memory)
+        self.last_result = outcome.body
+        return ids
+
+    def measure_ops(self, size: int, ids: list[str]) -> None:
+        steps = (
+            ("update", "PATCH", "/api/v2/time_entries", update_body(ids), self.member, 200),
+            ("approve", "PATCH", "/api/v2/time_entries/approve", refs_body(ids), self.admin, 200),
+            (
+                "unapprove",
+                "PATCH",
+                "/api/v2/time_entries/unapprove",
+                refs_body(ids),
+                self.admin,
+                200,
+            ),
+            ("delete", "DELETE", "/api/v2/time_entries", refs_body(ids), self.member, 204),
+        )
+        for operation, method, path, body, headers, expect in steps:
+            outcome, memory = self.pipeline(method, path, body, headers, expect)
+            if expect != 204 and len(orjson.loads(outcome.body)["data"]) != size:
+                raise BenchError(f"{operation} of {size:,} did not answer {size:,} entries")
+            self.record(operation, size, "poll", outcome, **memory)
+
+    def measure_naive(self, size: int, body: bytes, repetition: int) -> None:
+        estimate = None if self.naive_rate is None else size / self.naive_rate
+        row = self.row("create", size, "naive")
+        if estimate is not None and estimate > NAIVE_BUDGET:
+            if repetition == 0:
+                note = (
+                    f"naive peer skipped at {size:,}: one request would take about"
+                    f" {estimate:,.0f} s at its measured {self.naive_rate:,.0f} entries/s"
+                )
+                row.notes.append(note)
+                self.notes.append(note)
+                say(f"  {note}")
+            return
+        if repetition > 0 and estimate is not None and estimate > NAIVE_REPEAT_BUDGET:
+            if repetition == 1:
+                note = f"naive peer measured once at {size:,} (about {estimate:,.0f} s a run)"
+                row.notes.append(note)
+                self.notes.append(note)
+            return
+        naive = self.stack.naive
+        url = self.stack.naive_url + "/api/v2/time_entries"
+        outcome = self.measured(
+            (naive,), lambda: self.client.post_sync(url, body, self.member, expect=201)
+        )
+        if len(orjson.loads(outcome.body)["data"]) != size:
+            raise BenchError(f"the naive peer did not answer {size:,} entries")
+        self.record("create", size, "naive", outcome, web_peak_mib=_mib(naive))
+        self.naive_rate = size / outcome.e2e
+
+    def check_floor_shape(self, size: int, floor_payload: bytes, pipeline_payload: bytes) -> None:
+        """The floor must produce what the pipeline answers (ids and timestamps aside)."""
+        volatile = {"created_at", "updated_at", "last_activity_at"}
+        floor_entry = orjson.loads(floor_payload)["data"][0]
+        ours = orjson.loads(pipeline_payload)["data"][0]
+        problems = []
+        if list(floor_entry) != list(ours):
+            problems.append("member order")
+        if list(floor_entry["attributes"]) != list(ours["attributes"]):
+            problems.append("attribute order")
+        for name, value in ours["attributes"].items():
+            if name not in volatile and floor_entry["attributes"].get(name) != value:
+                problems.append(f"{name}: floor {floor_entry['attributes'].get(name)!r}")
+        if floor_entry["relationships"] != ours["relationships"]:
+            problems.append("relationships")
+        if problems:
+            note = f"floor payload differs from the pipeline's at {size:,}: {', '.join(problems)}"
+            self.notes.append(note)
+            say(f"  WARNING {note}")
+
+    def run(self) -> None:
+        self.warm_up()
+        for size in self.args.sizes:
+            body = create_body(size)
+            say(f"size {size:,} ({len(body) / 1024 / 1024:,.1f} MiB body)")
+            for repetition in range(self.args.repeat):
+                floor_payload = self.measure_floor(size, body)
+                ids = self.measure_create(size, body, prefer=False)
+                if repetition == 0:
+                    self.check_floor_shape(size, floor_payload, self.last_result)
+                del floor_payload
+                if size == OPS_SIZE:
+                    self.measure_ops(size, ids)
+                self.cleanup()
+                self.measure_create(size, body, prefer=True)
+                self.cleanup()
+                self.measure_naive(size, body, repetition)
+                self.cleanup()
+            self.last_result = b""
+
+    # ----------------------------------------------------------------------------- results
+
+    def ordered_rows(self) -> list[Row]:
+        operations = ("create", "update", "approve", "unapprove", "delete")
+        variants = ("poll", "prefer", "floor", "submit floor", "naive")
+        return sorted(
+            self.rows.values(),
+            key=lambda r: (operations.index(r.operation), r.size, variants.index(r.variant)),
+        )
+
+    def best_create(self, size: int) -> tuple[float | None, str]:
+        """The create end-to-end the ratios use: polling, unless Prefer: wait was faster."""
+        poll = self.rows.get(("create", size, "poll"))
+        prefer = self.rows.get(("create", size, "prefer"))
+        poll_e2e = poll.median("e2e_ms") if poll else None
+        prefer_e2e = prefer.median("e2e_ms") if prefer else None
+        if prefer_e2e is not None and (poll_e2e is None or prefer_e2e < poll_e2e):
+            return prefer_e2e, "prefer"
+        return poll_e2e, "poll"
+
+    def ratios(self) -> list[Ratio]:
+        found: list[Ratio] = []
+        for size in self.args.sizes:
+            target = size == TARGET_SIZE
+            e2e, variant = self.best_create(size)
+            floor = self.rows.get(("create", size, "floor"))
+            value = ratio(e2e, floor.median("e2e_ms") if floor else None)
+            found.append(
+                Ratio(
+                    f"create {size:,} end-to-end / floor",
+                    value,
+                    "<= 3x" if target else None,
+                    None if value is None else value <= 3,
+                    f"[{variant}]",
+                )
+            )
+            naive = self.rows.get(("create", size, "naive"))
+            value = ratio(naive.median("e2e_ms") if naive else None, e2e)
+            found.append(
+                Ratio(
+                    f"naive peer / create {size:,} end-to-end",
+                    value,
+                    ">= 10x" if target else None,
+                    None if value is None else value >= 10,
+                    f"[{variant}]" if value is not None else "not measured",
+                )
+            )
+            poll = self.rows.get(("create", size, "poll"))
+            submit_floor = self.rows.get(("create", size, "submit floor"))
+            value = ratio(
+                poll.median("submit_ms") if poll else None,
+                submit_floor.median("submit_ms") if submit_floor else None,
+            )
+            found.append(
+                Ratio(
+                    f"submit {size:,} / submit floor (parse + one row)",
+                    value,
+                    "<= 2x" if target else None,
+                    None if value is None else value <= 2,
+                )
+            )
+            jsonb = (
+                [s["jsonb_ms"] for s in submit_floor.samples if "jsonb_ms" in s]
+                if submit_floor
+                else []
+            )
+            found.append(
+                Ratio(
+                    f"submit {size:,} / (parse + one jsonb row)",
+                    ratio(
+                        poll.median("submit_ms") if poll else None,
+                        statistics.median(jsonb) if jsonb else None,
+                    ),
+                )
+            )
+        memory_row = self.rows.get(("create", MEMORY_SIZE, "poll"))
+        peaks = [
+            sample["worker_peak_mib"]
+            for key in (("create", MEMORY_SIZE, "poll"), ("create", MEMORY_SIZE, "prefer"))
+            if key in self.rows
+            for sample in self.rows[key].samples
+        ]
+        peak = max(peaks) if peaks else None
+        found.append(
+            Ratio(
+                f"create {MEMORY_SIZE:,}: worker peak memory / 1 GiB",
+                None if peak is None else peak / MEMORY_LIMIT_MIB,
+                "< 1x",
+                None if peak is None else peak < MEMORY_LIMIT_MIB,
+                "not measured (size not run)"
+                if memory_row is None
+                else f"completed, worker peak {peak:,.0f} MiB (largest of all runs)",
+            )
+        )
+        return found
+
+    def floor_breakdown(self) -> list[str]:
+        lines = []
+        for size, runs in sorted(self.floor_phases.items()):
+            names = [n for n in runs[0] if n != "total"]
+            parts = []
+            for name in names:
+                values = sorted(run[name] for run in runs)
+                parts.append(f"{name} {values[len(values) // 2] * 1000:,.1f}")
+            lines.append(f"floor {size:>7,} ms: " + ", ".join(parts))
+        for size in sorted(self.floor_phases):
+            row = self.rows[("create", size, "submit floor")]
+            bytea, jsonb = row.median("submit_ms"), row.median("jsonb_ms")
+            lines.append(
+                f"submit floor {size:>7,} ms: parse + one bytea row {bytea or 0:,.1f},"
+                f" parse + one jsonb row {jsonb or 0:,.1f}"
+            )
+        return lines
+
+
+def environment(stack: Stack, offset: float) -> dict[str, Any]:
+    with stack.engine.connect() as connection:
+        server = connection.execute(text("SHOW server_version")).scalar_one()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "postgres": server,
+        "embedded_servers": stack.embedded,
+        "web_concurrency": stack.settings.web_concurrency,
+        "worker_concurrency": stack.settings.worker_concurrency,
+        "max_batch_size": stack.settings.max_batch_size,
+        "clock_offset_ms": round(offset * 1000, 3),
+    }
+
+
+def render(bench: Bench, env: dict[str, Any]) -> str:
+    lines = [
+        "",
+        f"timebatch bench: medians of {bench.args.repeat} run(s); {env['cpus']} CPUs;"
+        f" PostgreSQL {env['postgres']}; {'embedded' if env['embedded_servers'] else 'given'}"
+        f" servers; web {env['web_concurrency']} processes, worker concurrency"
+        f" {env['worker_concurrency']}",
+        "",
+        table(bench.ordered_rows()),
+        "",
+        *bench.floor_breakdown(),
+        "",
+        "ratios (same run, same database):",
+        *(r.line() for r in bench.ratios()),
+    ]
+    sources = {
+        s.get("apply_source")
+        for row in bench.rows.values()
+        for s in row.samples
+        if s.get("apply_source")
+    }
+    if "poll" in sources:
+        lines.append(
+            "note: apply ms is measured to the poll that saw the job finished where the job's"
+            " finished_at was not after its started_at"
+        )
+    lines.extend(f"note: {note}" for note in bench.notes)
+    return "\n".join(lines)
+
+
+def write_json(bench: Bench, env: dict[str, Any], started: dt.datetime) -> Path:
+    out: Path = bench.args.out
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    document = {
+        "started_at": started.isoformat(),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(),
+        "sizes": bench.args.sizes,
+        "repeat": bench.args.repeat,
+        "environment": env,
+        "rows": [row.as_json() for row in bench.ordered_rows()],
+        "ratios": [r.as_json() for r in bench.ratios()],
+        "notes": bench.notes,
+    }
+    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+    return path
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        base = base_settings(args)
+    except SettingsError as exc:
+        say(f"error: {exc}")
+        return 2
+    started = dt.datetime.now(dt.UTC)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        return _run(args, base, started)
+    except BenchError as exc:
+        say(f"error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted; everything started was stopped")
+        return 130
+
+
+def _run(args: argparse.Namespace, base: Settings, started: dt.datetime) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="timebatch-bench-"))
+    failed = False
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        say("starting PostgreSQL, Redis, web, worker and the naive peer ...")
+        t = time.monotonic()
+        parts = open_stack(base, workdir, stack, (MEMBER, ADMIN))
+        say(f"stack up in {time.monotonic() - t:.1f} s")
+        floor = Floor(parts.settings.sqlalchemy_url, ORGANIZATION, MEMBER)
+        stack.callback(floor.close)
+        offset = clock_offset(parts.engine)
+        client = Client(parts.web_url, parts.engine, offset)
+        stack.callback(client.close)
+        bench = Bench(parts, floor, client, args)
+        try:
+            bench.run()
+        except Exception:
+            for child in (parts.web, parts.worker, parts.naive):
+                say(f"--- last output of {child.name} ---\n{child.tail()}")
+            raise
+        env = environment(parts, offset)
+        print(render(bench, env), flush=True)
+        path = write_json(bench, env, started)
+        print(
+            f"\nresults written to {path.relative_to(REPO) if path.is_relative_to(REPO) else path}"
+        )
+        failed = any(r.verdict == "FAIL" for r in bench.ratios())
+        say("stopping ...")
+    return 1 if failed and args.strict else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""GET /metrics: Prometheus text; request metrics, jobs by status and queue depth move with
+what happens. The worker-side metrics are shown moving in tests/e2e/test_operations.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.orm import Session, sessionmaker
+
+from api import create_app
+from shared.queue import create_celery, publish_job
+from shared.settings import Settings
+from tests.checked_client import CheckedClient
+from tests.conftest import BULK
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(client: FlaskClient) -> Samples:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.content_type == "text/plain; version=0.0.4; charset=utf-8"
+    found: Samples = {}
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in found, f"{key} exported twice"
+            found[key] = sample.value
+    return found
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_metrics_need_no_token_and_report_what_answered(client: FlaskClient) -> None:
+    samples = scrape(client)
+    assert value(samples, "timebatch_up", component="database") == 1
+    assert value(samples, "timebatch_up", component="broker") == 1
+    # Every operation and status is there, zeros included, for dashboards.
+    assert ("timebatch_jobs", frozenset({("operation", "unapprove"), ("status", "canceled")})) in (
+        samples
+    )
+
+
+def test_requests_are_counted_by_route_and_status(client: FlaskClient, auth: Any) -> None:
+    headers = auth()
+    before = scrape(client)
+    for _ in range(3):
+        assert client.get(f"/api/v2/jobs/{uuid.uuid4()}", headers=headers).status_code == 404
+    assert client.get(f"/api/v2/jobs/{uuid.uuid4()}").status_code == 401
+    assert client.get("/no/such/route").status_code == 404
+    after = scrape(client)
+
+    route = "/api/v2/jobs/<job_id>"
+    name = "timebatch_http_requests_total"
+    assert (
+        value(after, name, method="GET", route=route, status="404")
+        - value(before, name, method="GET", route=route, status="404")
+        == 3
+    )
+    assert (
+        value(after, name, method="GET", route=route, status="401")
+        - value(before, name, method="GET", route=route, status="401")
+        == 1
+    )
+    # Unknown paths share one label value: a scanner cannot blow up the series count.
+    assert (
+        value(after, name, method="GET", route="unmatched", status="404")
+        - value(before, name, method="GET", route="unmatched", status="404")
+        == 1
+    )
+    histogram = "timebatch_http_request_duration_seconds_count"
+    assert (
+        value(after, histogram, method="GET", route=route)
+        - value(before, histogram, method="GET", route=route)
+        == 4
+    )
+    assert value(after, "timebatch_http_requests_in_progress", method="GET") == value(
+        before, "timebatch_http_requests_in_progress", method="GET"
+    )
+
+
+def test_jobs_are_gauged_by_operation_and_status(client: FlaskClient, auth: Any) -> None:
+    before = scrape(client)
+    document = {
+        "data": [
+            {
+                "type": "time_entries",
+                "attributes": {"date": "2026-01-02", "time": 60},
+                "relationships": {
+                    "person": {"data": {"type": "people", "id": "7781"}},
+                    "service": {"data": {"type": "services", "id": "1213"}},
+                },
+            }
+        ]
+    }
+    for _ in range(2):
+        response = client.post(
+            "/api/v2/time_entries",
+            data=orjson.dumps(document),
+            headers=auth() | {"Content-Type": BULK},
+        )
+        assert response.status_code == 202
+    job_id = response.json["data"]["id"]  # type: ignore[index]
+    assert client.delete(f"/api/v2/jobs/{job_id}", headers=auth()).status_code == 200
+    after = scrape(client)
+
+    def moved(status: str) -> float:
+        return value(after, "timebatch_jobs", operation="create", status=status) - value(
+            before, "timebatch_jobs", operation="create", status=status
+        )
+
+    assert (moved("queued"), moved("canceled")) == (1, 1)
+
+
+@pytest.fixture
+def own_queue(settings: Settings, broker: redis.Redis | None) -> Iterator[Settings]:
+    queued = dataclasses.replace(settings, queue=f"{settings.queue}-depth-{uuid.uuid4().hex[:6]}")
+    yield queued
+    if broker is not None:
+        broker.delete(queued.queue)
+
+
+def test_queue_depth_is_read_from_the_broker(
+    own_queue: Settings, sessions: sessionmaker[Session]
+) -> None:
+    app = create_app(own_queue, sessions=sessions)
+    app.test_client_class = CheckedClient
+    client = app.test_client()
+    assert value(scrape(client), "timebatch_queue_depth", queue=own_queue.queue) == 0
+    celery = create_celery(own_queue)
+    for _ in range(3):
+        publish_job(celery, str(uuid.uuid4()))
+    assert value(scrape(client), "timebatch_queue_depth", queue=own_queue.queue) == 3
+
+
+def test_a_dead_broker_is_reported_not_a_failed_scrape(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    down = dataclasses.replace(settings, broker_url="redis://127.0.0.1:9/0")
+    app = create_app(down, sessions=sessions)
+    app.test_client_class = CheckedClient
+    samples = scrape(app.test_client())
+    assert value(samples, "timebatch_up", component="broker") == 0
+    assert value(samples, "timebatch_up", component="database") == 1
+    assert not any(name == "timebatch_queue_depth" for name, _ in samples)
+
+
+def test_files_of_other_processes_are_merged_and_foreign_metrics_left_out(
+    settings: Settings, sessions: sessionmaker[Session], tmp_path: Path
+) -> None:
+    """What another process (a worker, Flower) wrote in the multiprocess directory."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    other = MmapedDict(str(directory / "counter_4242.db"))
+    ours = "timebatch_sweeper_republished_jobs"
+    other.write_value(
+        mmap_key(ours, f"{ours}_total", ("queue",), ("elsewhere",), "Stuck jobs"), 5.0, 0.0
+    )
+    other.write_value(
+        mmap_key("flower_events", "flower_events_total", (), (), "Flower's"), 9.0, 0.0
+    )
+    other.close()
+    app = create_app(dataclasses.replace(settings, metrics_dir=directory), sessions=sessions)
+    app.test_client_class = CheckedClient
+    samples = scrape(app.test_client())
+    assert value(samples, f"{ours}_total", queue="elsewhere") == 5
+    assert not any(name.startswith("flower_") for name, _ in samples)

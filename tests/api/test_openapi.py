@@ -1,0 +1,233 @@
+"""The OpenAPI document: valid OpenAPI 3.1, every route of the app and nothing else, answers
+that conform to it, served without a token, and the API reference in step with it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from jsonschema import Draft202012Validator, FormatChecker
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+from schemathesis.specs.openapi.definitions import OPENAPI_31
+from sqlalchemy.orm import Session
+from werkzeug.test import TestResponse
+
+from api.openapi import document
+from shared.models import Job
+from tests.conftest import BULK
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCUMENT_URI = "urn:timebatch:openapi"
+IGNORED_METHODS = {"HEAD", "OPTIONS"}
+
+formats = FormatChecker()
+
+
+@formats.checks("date-time", raises=ValueError)
+def _date_time(value: object) -> bool:
+    return not isinstance(value, str) or dt.datetime.fromisoformat(value).tzinfo is not None
+
+
+@formats.checks("date", raises=ValueError)
+def _date(value: object) -> bool:
+    return not isinstance(value, str) or (len(value) == 10 and bool(dt.date.fromisoformat(value)))
+
+
+@formats.checks("uuid", raises=ValueError)
+def _uuid(value: object) -> bool:
+    return not isinstance(value, str) or bool(uuid.UUID(value))
+
+
+REGISTRY = Registry().with_resource(
+    DOCUMENT_URI, Resource.from_contents(document(), default_specification=DRAFT202012)
+)
+
+
+def _pointer(*parts: str) -> str:
+    return "/".join(part.replace("~", "~0").replace("/", "~1") for part in parts)
+
+
+def operations() -> set[tuple[str, str]]:
+    return {
+        (method.upper(), path)
+        for path, item in document()["paths"].items()
+        for method in item
+        if method in {"get", "post", "put", "patch", "delete"}
+    }
+
+
+def routes(app: Flask) -> set[tuple[str, str]]:
+    found = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
+        for method in rule.methods or ():
+            if method not in IGNORED_METHODS:
+                found.add((method, path))
+    return found
+
+
+def conforms(response: TestResponse, method: str, path: str) -> None:
+    """The response is one the document describes for this operation: status, headers, body."""
+    answers = document()["paths"][path][method.lower()]["responses"]
+    status = str(response.status_code)
+    assert status in answers, f"{method} {path} answered an undocumented {status}"
+    answer = answers[status]
+    for name, header in answer.get("headers", {}).items():
+        if "$ref" in header:
+            header = document()["components"]["headers"][header["$ref"].rsplit("/", 1)[1]]
+        if header.get("required"):
+            assert name in response.headers, f"{method} {path} {status} lacks {name}"
+    content = answer.get("content")
+    if content is None:
+        assert response.data == b""
+        return
+    (media_type,) = content
+    assert response.mimetype == media_type.split(";")[0]
+    if response.mimetype == "text/plain":
+        return
+    pointer = _pointer("paths", path, method.lower(), "responses", status, "content", media_type)
+    validator = Draft202012Validator(
+        {"$ref": f"{DOCUMENT_URI}#/{pointer}/schema"}, registry=REGISTRY, format_checker=formats
+    )
+    errors = sorted(validator.iter_errors(orjson.loads(response.data)), key=str)
+    assert not errors, f"{method} {path} {status}: {errors[0].message[:400]}"
+
+
+# ------------------------------------------------------------------------------- document
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    validator = Draft202012Validator(OPENAPI_31)
+    errors = sorted(validator.iter_errors(document()), key=str)
+    assert not errors, errors[0].message[:400]
+    assert document()["openapi"].startswith("3.1.")
+    operation_ids = [
+        operation["operationId"]
+        for item in document()["paths"].values()
+        for operation in item.values()
+    ]
+    assert len(operation_ids) == len(set(operation_ids))
+
+
+def test_the_document_names_every_route_of_the_app_and_nothing_else(app: Flask) -> None:
+    documented, served = operations(), routes(app)
+    assert served - documented == set(), "routes missing from the document"
+    assert documented - served == set(), "documented operations the app does not serve"
+
+
+def test_every_reference_resolves() -> None:
+    text = orjson.dumps(document()).decode()
+    for name in set(re.findall(r'"\$ref":"#/([^"]+)"', text)):
+        node: Any = document()
+        for part in name.split("/"):
+            node = node[part.replace("~1", "/").replace("~0", "~")]
+        assert node, name
+
+
+def test_served_without_a_token(client: FlaskClient) -> None:
+    response = client.get("/api/v2/openapi.json")
+    conforms(response, "GET", "/api/v2/openapi.json")
+    assert orjson.loads(response.data) == orjson.loads(orjson.dumps(document()))
+
+
+def test_the_api_reference_has_a_section_per_operation() -> None:
+    reference = (ROOT / "docs" / "api.md").read_text()
+    headings = set(re.findall(r"^### (GET|POST|PATCH|DELETE) (\S+)$", reference, re.MULTILINE))
+    assert headings == operations()
+
+
+# -------------------------------------------------------------------------------- answers
+
+
+def entry(**attributes: Any) -> dict[str, Any]:
+    return {
+        "type": "time_entries",
+        "attributes": {"date": "2026-01-02", "time": 60} | attributes,
+        "relationships": {
+            "person": {"data": {"type": "people", "id": "7781"}},
+            "service": {"data": {"type": "services", "id": 1213}},
+        },
+    }
+
+
+def test_job_answers_conform(client: FlaskClient, auth: Any, session: Session) -> None:
+    headers = auth()
+    bulk = headers | {"Content-Type": BULK}
+    body = orjson.dumps({"data": [entry(), entry(note="b")]})
+    accepted = client.post("/api/v2/time_entries", data=body, headers=bulk)
+    conforms(accepted, "POST", "/api/v2/time_entries")
+    job_id = accepted.json["data"]["id"]  # type: ignore[index]
+    job_path = "/api/v2/jobs/{job_id}"
+    conforms(client.get(f"/api/v2/jobs/{job_id}", headers=headers), "GET", job_path)
+    conforms(client.get("/api/v2/jobs", headers=headers), "GET", "/api/v2/jobs")
+    result = client.get(f"/api/v2/jobs/{job_id}/result", headers=headers)
+    assert result.status_code == 409
+    conforms(result, "GET", f"{job_path}/result")
+    canceled = client.delete(f"/api/v2/jobs/{job_id}", headers=headers)
+    assert canceled.status_code == 200
+    conforms(canceled, "DELETE", job_path)
+    conforms(client.delete(f"/api/v2/jobs/{job_id}", headers=headers), "DELETE", job_path)
+    missing = client.get(f"/api/v2/jobs/{uuid.uuid4()}", headers=headers)
+    assert missing.status_code == 404
+    conforms(missing, "GET", job_path)
+
+    job = session.get_one(Job, uuid.UUID(job_id))
+    job.status, job.result_status, job.result_body = "failed", 422, None
+    session.flush()
+    finished = client.get(f"/api/v2/jobs/{job_id}", headers=headers)
+    assert finished.status_code == 303
+    conforms(finished, "GET", job_path)
+
+
+@pytest.mark.parametrize(
+    ("method", "change", "status"),
+    [
+        ("POST", {"data": b"{not json"}, 400),
+        ("POST", {"data": b"{}", "headers": {"X-Auth-Token": "tb_nobody"}}, 401),
+        ("POST", {"headers": {"Content-Type": "application/json"}}, 415),
+        ("POST", {"headers": {"Accept": "text/html"}}, 406),
+        ("PATCH", {"data": orjson.dumps({"data": [{"type": "people", "id": "1"}]})}, 409),
+        ("DELETE", {"data": orjson.dumps({"data": [{"type": "time_entries"}]})}, 400),
+    ],
+)
+def test_refusals_conform(
+    client: FlaskClient, auth: Any, method: str, change: dict[str, Any], status: int
+) -> None:
+    headers = auth() | {"Content-Type": BULK} | change.get("headers", {})
+    data = change.get("data", orjson.dumps({"data": [entry()]}))
+    response = client.open("/api/v2/time_entries", method=method, data=data, headers=headers)
+    assert response.status_code == status
+    conforms(response, method, "/api/v2/time_entries")
+
+
+def test_reading_answers_conform(client: FlaskClient, auth: Any) -> None:
+    headers = auth(7783)
+    for url, path in [
+        ("/api/v2/time_entries?include=person,service,task", "/api/v2/time_entries"),
+        ("/api/v2/time_entries?filter[status]=approved&sort=date", "/api/v2/time_entries"),
+        ("/api/v2/time_entries/223?include=task", "/api/v2/time_entries/{id}"),
+        ("/api/v2/time_entries/1", "/api/v2/time_entries/{id}"),
+        ("/api/v2/people?page[size]=2", "/api/v2/people"),
+        ("/api/v2/people/7781", "/api/v2/people/{id}"),
+        ("/api/v2/services", "/api/v2/services"),
+        ("/api/v2/services/1213", "/api/v2/services/{id}"),
+        ("/api/v2/tasks?filter[service_id]=1213", "/api/v2/tasks"),
+        ("/api/v2/tasks/302", "/api/v2/tasks/{id}"),
+        ("/api/v2/tasks?filter[nope]=1", "/api/v2/tasks"),
+    ]:
+        conforms(client.get(url, headers=headers), "GET", path)
+
+
+def test_operations_answers_conform(client: FlaskClient) -> None:
+    conforms(client.get("/healthz"), "GET", "/healthz")
+    conforms(client.get("/metrics"), "GET", "/metrics")

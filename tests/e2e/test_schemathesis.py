@@ -1,0 +1,228 @@
+"""schemathesis against the live app and its own OpenAPI document: no 500, no contradiction.
+
+The app is the real one over a committed database holding the demo data and jobs in every
+state (queued, canceled, succeeded with 201 and 204 results, failed, purged by retention);
+its job messages go to a queue of their own that no worker reads, so the jobs schemathesis
+submits simply stay queued. Every operation of the document gets a bounded number of
+generated requests, valid and invalid, sent with the token of an admin of the demo
+organization; path ids are aimed, deterministically, at existing resources part of the time
+so that real resources and stored results are checked too, not only 404s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import uuid
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from flask import Flask
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from sqlalchemy import Engine, text, update
+from sqlalchemy.orm import Session
+
+from api import create_app
+from api.openapi import document
+from api.parsing import parse_bulk
+from shared.db import make_session_factory
+from shared.demo import load_demo
+from shared.jobs import cancel_job, run_job, submit_job
+from shared.models import Job
+from shared.retention import purge_expired_jobs
+from shared.settings import Settings
+from shared.tokens import Principal
+from tests.checked_client import NOT_JSONAPI, VALIDATED, check_document
+from tests.conftest import token_for
+from tests.e2e.conftest import TABLES
+
+MAX_EXAMPLES = 25
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+ADMIN = Principal(person_id=7783, organization_id=2110, read_only=False)
+# Existing resources of organization 2110, by collection.
+KNOWN_IDS = {
+    "time_entries": ["223", "224", "232", "237", "238", "249", "250"],
+    "people": ["7781", "7782", "7783", "7784"],
+    "services": ["1213", "1214"],
+    "tasks": ["302", "303"],
+}
+# What the run did, reported at the end of the pytest session.
+RUN: Counter[str] = Counter()
+OPERATIONS: set[str] = set()
+
+
+class Report:
+    """Prints the counts CI shows: requests schemathesis sent, documents validated."""
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if RUN["requests"]:
+            terminalreporter.write_line(
+                f"schemathesis: {len(OPERATIONS)} operations, {RUN['requests']} requests"
+                f" ({RUN['2xx']} 2xx, {RUN['3xx']} 3xx, {RUN['4xx']} 4xx, {RUN['5xx']} 5xx)"
+            )
+        terminalreporter.write_line(
+            f"JSON:API 1.0 schema: {sum(VALIDATED.values())} response documents validated"
+            f" ({VALIDATED['data']} data, {VALIDATED['errors']} errors)"
+        )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report(pytestconfig: pytest.Config) -> None:
+    if not pytestconfig.pluginmanager.has_plugin("timebatch-counts"):
+        pytestconfig.pluginmanager.register(Report(), "timebatch-counts")
+
+
+def _job(session: Session, operation: str, data: list[dict[str, Any]]) -> Job:
+    items = parse_bulk({"data": data}, operation, max_batch=100)
+    job, _ = submit_job(session, ADMIN, operation, items, {})
+    return job
+
+
+def _entry(note: str) -> dict[str, Any]:
+    return {
+        "type": "time_entries",
+        "attributes": {"date": "2026-03-02", "time": 90, "note": note},
+        "relationships": {
+            "person": {"data": {"type": "people", "id": "7781"}},
+            "service": {"data": {"type": "services", "id": "1213"}},
+        },
+    }
+
+
+def seed_jobs(engine: Engine) -> list[str]:
+    """One job in each state the API distinguishes; returns their ids."""
+    with Session(engine, expire_on_commit=False) as session:
+        created = _job(session, "create", [_entry("seeded"), _entry("seeded too")])
+        deleted = _job(session, "delete", [{"type": "time_entries", "id": "231"}])
+        failed = _job(session, "update", [{"type": "time_entries", "id": "999999"}])
+        expired = _job(session, "create", [_entry("expired")])
+        queued = _job(session, "approve", [{"type": "time_entries", "id": "237"}])
+        canceled = _job(session, "unapprove", [{"type": "time_entries", "id": "249"}])
+        assert cancel_job(session, canceled)
+        session.commit()
+    jobs = [created, deleted, failed, expired, queued, canceled]
+    for job in (created, deleted, failed, expired):
+        run_job(engine, job.id, max_attempts=5)
+    with Session(engine) as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == expired.id)
+            .values(finished_at=Job.finished_at - dt.timedelta(days=30))
+        )
+        assert purge_expired_jobs(session, retention_days=7) == 1
+        session.commit()
+    return [str(job.id) for job in jobs]
+
+
+@pytest.fixture(scope="module")
+def fuzz_db(e2e_engine: Engine) -> tuple[Engine, list[str]]:
+    with Session(e2e_engine) as session:
+        session.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+        load_demo(session)
+        session.commit()
+    return e2e_engine, seed_jobs(e2e_engine)
+
+
+@pytest.fixture(scope="module")
+def fuzzed_app(
+    e2e_settings: Settings, fuzz_db: tuple[Engine, list[str]], broker: Any
+) -> Iterator[Flask]:
+    queue = f"{e2e_settings.queue}-schemathesis"
+    app = create_app(
+        dataclasses.replace(e2e_settings, queue=queue), sessions=make_session_factory(fuzz_db[0])
+    )
+    yield app
+    if broker is not None:
+        broker.delete(queue)
+
+
+@pytest.fixture(scope="module")
+def admin(fuzz_db: tuple[Engine, list[str]]) -> dict[str, str]:
+    with Session(fuzz_db[0]) as session:
+        headers = token_for(session, ADMIN.person_id)
+        session.commit()
+    return headers
+
+
+def aim(case: Any, job_ids: list[str]) -> None:
+    """Point a generated path id at an existing resource, for most values of it."""
+    for name, value in (case.path_parameters or {}).items():
+        collection = case.path.split("/")[3]
+        known = job_ids if name == "job_id" else KNOWN_IDS.get(collection, [])
+        slot = zlib.crc32(str(value).encode()) % (len(known) + 1)
+        if slot < len(known):
+            case.path_parameters[name] = known[slot]
+
+
+# The document is plain data, built without the app; test_openapi checks the app serves it.
+schema = schemathesis.openapi.from_dict(
+    document(),
+    config=schemathesis.Config.from_dict(
+        {
+            "generation": {
+                "mode": "all",
+                "max-examples": MAX_EXAMPLES,
+                "deterministic": True,
+                "database": "none",
+            },
+            "phases": {"stateful": {"enabled": False}},
+        }
+    ),
+)
+
+
+@schema.parametrize()
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_the_app_keeps_to_its_document(
+    case: Any, fuzzed_app: Flask, admin: dict[str, str], fuzz_db: tuple[Engine, list[str]]
+) -> None:
+    aim(case, fuzz_db[1])
+    # Waiting for jobs no worker runs would only burn the time budget.
+    headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "prefer"}
+    # Stored results are served gzipped to clients that take gzip; the WSGI transport would
+    # hand the checks the compressed bytes.
+    case.headers = headers | admin | {"Accept-Encoding": "identity"}
+    response = case.call(app=fuzzed_app)
+    case.validate_response(response, checks=CHECKS)
+    OPERATIONS.add(case.operation.label)
+    RUN["requests"] += 1
+    RUN[f"{response.status_code // 100}xx"] += 1
+    if case.path not in NOT_JSONAPI and response.content and response.status_code != 303:
+        check_document(json.loads(response.content), response.status_code)
+
+
+def test_the_seeded_jobs_answer_as_documented(
+    fuzzed_app: Flask, admin: dict[str, str], fuzz_db: tuple[Engine, list[str]]
+) -> None:
+    """The aiming above reaches every kind of stored result (a guard on the fixture)."""
+    client = fuzzed_app.test_client()
+    statuses = [
+        client.get(f"/api/v2/jobs/{job_id}/result", headers=admin).status_code
+        for job_id in fuzz_db[1]
+    ]
+    assert statuses == [201, 204, 404, 410, 409, 409]
+    assert uuid.UUID(fuzz_db[1][0])

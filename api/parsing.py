@@ -7,6 +7,7 @@ The result is a compact list of items (one dict per resource, relationships flat
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Any
 
 import orjson
@@ -169,6 +170,87 @@ def _relationships(
             item[f"{name}_id"] = found
 
 
+@functools.lru_cache(maxsize=4096)
+def _valid_date(value: str) -> bool:
+    try:
+        return len(value) == 10 and MIN_DATE <= dt.date.fromisoformat(value) <= MAX_DATE
+    except ValueError:
+        return False
+
+
+def _plain_id(value: Any) -> int | None:
+    if type(value) is int:
+        return value if 0 < value <= MAX_ID else None
+    if type(value) is str and value.isascii() and value.isdigit() and len(value) < 20:
+        number = int(value)
+        return number if number > 0 else None
+    return None
+
+
+_FAST_MEMBERS = {
+    "create": frozenset({"type", "attributes", "relationships"}),
+    "update": frozenset({"type", "id", "attributes", "relationships"}),
+}
+_ID_ONLY = frozenset({"type", "id"})
+
+
+def _well_formed(resource: Any, operation: str) -> dict[str, Any] | None:
+    """The common case, checked without building any pointer: a resource that is valid as it
+    stands. Anything else (None) goes through the full check, which reports every problem."""
+    if type(resource) is not dict or resource.get("type") != "time_entries":
+        return None
+    if not resource.keys() <= _FAST_MEMBERS.get(operation, _ID_ONLY):
+        return None
+    item: dict[str, Any] = {}
+    if operation != "create":
+        entry_id = _plain_id(resource.get("id"))
+        if entry_id is None:
+            return None
+        item["id"] = entry_id
+    if operation not in WITH_ATTRIBUTES:
+        return item
+    attributes = resource.get("attributes", {})
+    if type(attributes) is not dict:
+        return None
+    for name, value in attributes.items():
+        if name == "date":
+            if type(value) is not str or not _valid_date(value):
+                return None
+        elif name == "time":
+            if type(value) is not int or not 0 <= value <= MAX_MINUTES:
+                return None
+        elif name == "note":
+            if value is not None and (
+                type(value) is not str or len(value) > MAX_NOTE or "\x00" in value
+            ):
+                return None
+        else:
+            return None
+        item[name] = value
+    relationships = resource.get("relationships", {})
+    if type(relationships) is not dict:
+        return None
+    for name, value in relationships.items():
+        expected = RELATIONSHIP_TYPES.get(name)
+        if expected is None or type(value) is not dict or value.keys() != {"data"}:
+            return None
+        data = value["data"]
+        if data is None and name == "task":
+            item["task_id"] = None
+            continue
+        if type(data) is not dict or data.get("type") != expected:
+            return None
+        found = _plain_id(data.get("id"))
+        if found is None:
+            return None
+        item[f"{name}_id"] = found
+    if operation == "create" and not (
+        "date" in item and "person_id" in item and "service_id" in item
+    ):
+        return None
+    return item
+
+
 def parse_bulk(
     document: Any, operation: str, *, max_batch: int, extra_members: frozenset[str] = frozenset()
 ) -> list[dict[str, Any]]:
@@ -202,6 +284,12 @@ def parse_bulk(
     items: list[dict[str, Any]] = []
     seen: dict[int, int] = {}
     for index, resource in enumerate(data):
+        fast = _well_formed(resource, operation)
+        if fast is not None and fast.get("id") not in seen:
+            if "id" in fast:
+                seen[fast["id"]] = index
+            items.append(fast)
+            continue
         base = f"/data/{index}"
         if not isinstance(resource, dict):
             problems.append(Problem(400, "Invalid resource", "each resource is an object", base))

@@ -39,14 +39,14 @@ MAX_POLL_DELAY = 0.100
 
 def clock_offset(engine: Engine, samples: int = 7) -> float:
     """The database clock minus this process's wall clock, in seconds."""
-    offsets = []
+    offsets: list[float] = []
     with engine.connect() as connection:
         for _ in range(samples):
             before = time.time()
             server = connection.execute(text("SELECT clock_timestamp()")).scalar_one()
             after = time.time()
             offsets.append(server.timestamp() - (before + after) / 2)
-    return statistics.median(offsets)
+    return float(statistics.median(offsets))
 
 
 @dataclass

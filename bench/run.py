@@ -77,6 +77,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--broker-url", help="broker to use (else BROKER_URL)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument(
+        "--logs", type=Path, help="keep the output of web, worker and naive peer in this directory"
+    )
+    parser.add_argument(
         "--strict", action="store_true", help="exit with status 1 when a target is missed"
     )
     args = parser.parse_args(argv)
@@ -117,7 +120,9 @@ def _mib(child: Child) -> float:
 
 
 class Bench:
-    def __init__(self, stack: Stack, floor: Floor, client: Client, args: argparse.Namespace):
+    def __init__(
+        self, stack: Stack, floor: Floor, client: Client, args: argparse.Namespace
+    ) -> None:
         self.stack = stack
         self.floor = floor
         self.client = client
@@ -128,7 +133,6 @@ class Bench:
         self.member = Client.headers(stack.tokens[MEMBER], ORGANIZATION)
         self.admin = Client.headers(stack.tokens[ADMIN], ORGANIZATION)
         self.naive_rate: float | None = None
-        self.last_result = b""
 
     # ----------------------------------------------------------------------------- helpers
 
@@ -229,7 +233,8 @@ class Bench:
             )
         return payload
 
-    def measure_create(self, size: int, body: bytes, *, prefer: bool) -> list[str]:
+    def measure_create(self, size: int, body: bytes, *, prefer: bool) -> tuple[list[str], bytes]:
+        """Returns the new entries' ids and the result payload."""
         outcome, memory = self.pipeline(
             "POST",
             "/api/v2/time_entries",
@@ -242,8 +247,7 @@ class Bench:
         if len(ids) != size:
             raise BenchError(f"create of {size:,} answered {len(ids):,} entries")
         self.record("create", size, "prefer" if prefer else "poll", outcome, **memory)
-        self.last_result = outcome.body
-        return ids
+        return ids, outcome.body
 
     def measure_ops(self, size: int, ids: list[str]) -> None:
         steps = (
@@ -321,10 +325,10 @@ class Bench:
             say(f"size {size:,} ({len(body) / 1024 / 1024:,.1f} MiB body)")
             for repetition in range(self.args.repeat):
                 floor_payload = self.measure_floor(size, body)
-                ids = self.measure_create(size, body, prefer=False)
+                ids, payload = self.measure_create(size, body, prefer=False)
                 if repetition == 0:
-                    self.check_floor_shape(size, floor_payload, self.last_result)
-                del floor_payload
+                    self.check_floor_shape(size, floor_payload, payload)
+                del floor_payload, payload
                 if size == OPS_SIZE:
                     self.measure_ops(size, ids)
                 self.cleanup()
@@ -332,7 +336,6 @@ class Bench:
                 self.cleanup()
                 self.measure_naive(size, body, repetition)
                 self.cleanup()
-            self.last_result = b""
 
     # ----------------------------------------------------------------------------- results
 
@@ -541,6 +544,9 @@ def _run(args: argparse.Namespace, base: Settings, started: dt.datetime) -> int:
     failed = False
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        if args.logs is not None:
+            # Runs after everything has stopped, on error too.
+            stack.callback(shutil.copytree, workdir / "logs", args.logs, dirs_exist_ok=True)
         say("starting PostgreSQL, Redis, web, worker and the naive peer ...")
         t = time.monotonic()
         parts = open_stack(base, workdir, stack, (MEMBER, ADMIN))

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from shared import documents
 from shared.approval import approve_entries, unapprove_entries
 from shared.context import BatchContext, load_context
 from shared.entries import Item, Progress, create_entries, delete_entries, update_entries
@@ -61,23 +62,33 @@ def submit_job(
     session: Session,
     principal: Principal,
     operation: str,
-    items: Sequence[Item],
+    batch: bytes | list[dict[str, Any]],
     options: dict[str, Any],
     idempotency_key: str | None = None,
     digest: str | None = None,
+    total: int | None = None,
 ) -> tuple[Job, bool]:
-    """Store a queued job; returns it and whether it is new (False: an idempotent replay)."""
+    """Store a queued job; returns it and whether it is new (False: an idempotent replay).
+
+    `batch` is the bulk document's body as received and checked (or items to encode as one);
+    it is stored as it is, and the worker decodes it.
+    """
+    if not isinstance(batch, bytes):
+        total = len(batch)
+        batch = documents.encode_items(operation, batch)
+    if total is None:
+        total = len(documents.decode(operation, batch).data)
     if digest is None:
-        digest = fingerprint(operation, orjson.dumps(items), options)
+        digest = fingerprint(operation, batch, options)
     values = {
         "organization_id": principal.organization_id,
         "person_id": principal.person_id,
         "operation": operation,
-        "batch": list(items),
+        "batch": batch,
         "options": options,
         "idempotency_key": idempotency_key,
         "request_hash": digest,
-        "total": len(items),
+        "total": total,
     }
     statement = pg_insert(Job).values(**values)
     if idempotency_key is not None:
@@ -230,7 +241,8 @@ def _run_locked(engine: Engine, job_id: uuid.UUID, max_attempts: int, heartbeat:
         ctx = load_context(session, job.organization_id, job.person_id, job.options)
         savepoint = session.begin_nested()
         try:
-            rows = apply(session, ctx, job.batch or [], ProgressReporter(engine, job_id))
+            batch = documents.items(job.operation, job.batch or b"")
+            rows = apply(session, ctx, batch, ProgressReporter(engine, job_id))
         except ApiError as exc:
             savepoint.rollback()
             _finish(session, job, "failed", exc.status, stored(exc), len(exc.problems))

@@ -139,7 +139,10 @@ def configure_logging(
 
 
 def gunicorn_logconfig() -> dict[str, Any]:
-    """gunicorn's own logs (master and workers) as JSON lines too; the app adds its handler."""
+    """gunicorn's own logs (master and workers) as JSON lines too; the app adds its handler.
+
+    gunicorn's access log stays off: the app logs one line per request, with its ids.
+    """
     return {
         "version": 1,
         "disable_existing_loggers": False,
@@ -154,6 +157,6 @@ def gunicorn_logconfig() -> dict[str, Any]:
         },
         "loggers": {
             "gunicorn.error": {"level": "INFO", "handlers": ["console"], "propagate": False},
-            "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
         },
     }

@@ -281,8 +281,8 @@ class Job(Base):
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
     operation: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), server_default=text("'queued'"))
-    # The request's `data` array as received (after shape validation), and its options.
-    batch: Mapped[list[Any] | None] = mapped_column(JSONB)
+    # The bulk document's body as received and checked (JSON bytes), and the options.
+    batch: Mapped[bytes | None] = mapped_column(LargeBinary)
     options: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))

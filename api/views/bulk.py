@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, request
+from msgspec import UNSET
 
 from api.auth import principal
 from api.context import db, services
 from api.negotiation import require_acceptable, require_bulk_content_type
 from api.parsing import load_json, parse_bulk, parse_flag
 from api.views.jobs import answer_for
+from shared import documents
 from shared.jobs import fingerprint, submit_job
 from shared.jsonapi import ApiError
 
@@ -19,14 +21,32 @@ blueprint = Blueprint("bulk", __name__)
 MAX_IDEMPOTENCY_KEY = 255
 
 
+def _checked(operation: str, body: bytes, max_batch: int) -> Any:
+    """The typed document. The common valid body takes the compiled fast path; any other is
+    checked in full, so the client hears of every problem with its pointer."""
+    try:
+        document = documents.decode(operation, body)
+    except documents.NotWellFormed as exc:
+        extra = frozenset({"for_all_approvers"}) if operation == "approve" else frozenset()
+        parse_bulk(load_json(body), operation, max_batch=max_batch, extra_members=extra)
+        # Both checks must agree; should the full one find nothing, say what the fast one saw.
+        raise ApiError.one(400, "Malformed document", str(exc), pointer="") from None
+    if len(document.data) > max_batch:
+        raise ApiError.one(
+            413,
+            "Batch too large",
+            f"a batch holds at most {max_batch} entries; this one has {len(document.data)}",
+            pointer="/data",
+        )
+    return document
+
+
 def _submit(operation: str) -> Response:
     require_acceptable(request)
     require_bulk_content_type(request)
     settings = services().settings
     body = request.get_data(cache=False)
-    document = load_json(body)
-    extra = frozenset({"for_all_approvers"}) if operation == "approve" else frozenset()
-    items = parse_bulk(document, operation, max_batch=settings.max_batch_size, extra_members=extra)
+    document = _checked(operation, body, settings.max_batch_size)
     options: dict[str, Any] = {}
     if operation == "approve":
         flag = False
@@ -34,8 +54,8 @@ def _submit(operation: str) -> Response:
             flag = parse_flag(
                 request.args["for_all_approvers"], "for_all_approvers", parameter=True
             )
-        if "for_all_approvers" in document:
-            flag = parse_flag(document["for_all_approvers"], "/for_all_approvers")
+        if document.for_all_approvers is not UNSET:
+            flag = document.for_all_approvers
         options["for_all_approvers"] = flag
     key = request.headers.get("Idempotency-Key")
     if key is not None:
@@ -48,7 +68,9 @@ def _submit(operation: str) -> Response:
             )
     session = db()
     digest = fingerprint(operation, body, options)
-    job, created = submit_job(session, principal(), operation, items, options, key, digest)
+    job, created = submit_job(
+        session, principal(), operation, body, options, key, digest, total=len(document.data)
+    )
     session.commit()
     if created:
         # Only after the commit: a worker must find the row the message names.

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
+from shared import documents
 from shared.models import Job
 from shared.settings import Settings
 from tests.checked_client import CheckedClient
@@ -63,7 +64,8 @@ def test_accepted_submission_is_a_job(
     assert int(response.headers["Retry-After"]) >= 1
     assert published == [job["id"]]
     stored = session.get_one(Job, __import__("uuid").UUID(job["id"]))
-    assert stored.batch == [
+    assert stored.batch is not None
+    assert documents.items("create", stored.batch) == [
         {"date": "2026-01-02", "time": 60, "person_id": 7781, "service_id": 1213},
         {"date": "2026-01-02", "time": 60, "note": "b", "person_id": 7781, "service_id": 1213},
     ]
@@ -175,7 +177,7 @@ def test_unicode_notes_are_kept(client: FlaskClient, auth: Any, session: Session
     response = post(client, auth(), {"data": [entry(note=note)]})
     assert response.status_code == 202
     job = session.get_one(Job, __import__("uuid").UUID(response.json["data"]["id"]))
-    assert job.batch is not None and job.batch[0]["note"] == note
+    assert job.batch is not None and documents.items("create", job.batch)[0]["note"] == note
 
 
 def test_database_down_is_503(settings: Settings, auth: Any) -> None:

@@ -34,7 +34,7 @@ def make_job(
         status=status,
         total=total,
         processed=total if status == "succeeded" else 0,
-        batch=[{"time": 60, "note": "x" * 100}] * total,
+        batch=b"x" * 100 * total,
         created_at=BASE + dt.timedelta(minutes=minutes),
     )
     session.add(job)

@@ -7,13 +7,13 @@ import dataclasses
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 import redis
 from flask.testing import FlaskClient
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
@@ -21,25 +21,7 @@ from shared.queue import create_celery, publish_job
 from shared.settings import Settings
 from tests.checked_client import CheckedClient
 from tests.conftest import BULK
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(client: FlaskClient) -> Samples:
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    assert response.content_type == "text/plain; version=0.0.4; charset=utf-8"
-    found: Samples = {}
-    for family in text_string_to_metric_families(response.get_data(as_text=True)):
-        for sample in family.samples:
-            key = (sample.name, frozenset(sample.labels.items()))
-            assert key not in found, f"{key} exported twice"
-            found[key] = sample.value
-    return found
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+from tests.scraping import scrape, value
 
 
 def test_metrics_need_no_token_and_report_what_answered(client: FlaskClient) -> None:
@@ -178,3 +160,18 @@ def test_files_of_other_processes_are_merged_and_foreign_metrics_left_out(
     samples = scrape(app.test_client())
     assert value(samples, f"{ours}_total", queue="elsewhere") == 5
     assert not any(name.startswith("flower_") for name, _ in samples)
+
+
+def test_gunicorn_drops_the_live_gauges_of_a_worker_that_exited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api import gunicorn_config
+
+    for name in ("gauge_livesum_4242.db", "counter_4242.db", "gauge_livesum_4343.db"):
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    gunicorn_config.child_exit(None, SimpleNamespace(pid=4242))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "counter_4242.db",  # what it counted still counts
+        "gauge_livesum_4343.db",
+    ]

@@ -32,10 +32,10 @@ from shared.models import Job
 from shared.queue import PROCESS_JOB, PURGE_JOBS, SWEEP_JOBS, create_celery
 from shared.settings import Settings
 from shared.tokens import Principal
-from tests.api.test_metrics import Samples, scrape, value
 from tests.checked_client import CheckedClient
 from tests.e2e.conftest import WorkerProcess
 from tests.jobclient import JobClient
+from tests.scraping import Samples, scrape, value
 from worker.app import create_worker_app, recover_jobs
 
 pytestmark = pytest.mark.e2e
@@ -280,6 +280,9 @@ def test_flower_shows_jobs_by_name_with_their_id_behind_basic_auth(
     flower: tuple[str, tuple[str, str]],
 ) -> None:
     url, login = flower
+    # Events sent before Flower listens are lost to it: wait until it hears the worker.
+    online = f'flower_worker_online{{worker="{ops_worker.name}@'
+    eventually(lambda: online in requests.get(f"{url}/metrics", timeout=5).text, timeout=30)
     assert requests.get(f"{url}/api/tasks", timeout=5).status_code == 401
     assert requests.get(f"{url}/tasks", timeout=5).status_code == 401
     outcome = JobClient(ops_client).run(

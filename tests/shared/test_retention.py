@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from shared import documents
 from shared.jobs import submit_job
 from shared.models import Job
 from shared.retention import purge_expired_jobs
@@ -59,7 +60,8 @@ def test_only_finished_jobs_past_the_period_are_purged(session: Session) -> None
         assert purged.finished_at is not None and purged.request_hash is not None
     assert old[1].result_status == 422
     for untouched in kept:
-        assert untouched.purged_at is None and untouched.batch == ITEMS
+        assert untouched.purged_at is None and untouched.batch is not None
+        assert documents.items("create", untouched.batch) == ITEMS
     assert kept[0].result_body == b'{"data":[]}'
 
 

@@ -266,7 +266,8 @@ def _finish(
             result_body=body,
             error_count=errors,
             processed=Job.total if status == "succeeded" else Job.processed,
-            finished_at=func.now(),
+            # clock_timestamp: now() is this transaction's start, before started_at was set.
+            finished_at=func.clock_timestamp(),
             heartbeat_at=None,
         )
     )
@@ -287,7 +288,7 @@ def fail_unexpectedly(engine: Engine, job_id: uuid.UUID) -> None:
                 result_status=error.status,
                 result_body=stored(error),
                 error_count=1,
-                finished_at=func.now(),
+                finished_at=func.clock_timestamp(),
                 heartbeat_at=None,
             )
         )

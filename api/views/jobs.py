@@ -70,7 +70,16 @@ def job_response(job: Job, status: int = 200) -> Response:
 
 def result_response(job: Job) -> Response:
     """The stored answer. Bodies are stored gzip-compressed: sent as they are to clients that
-    accept gzip, decompressed for the others."""
+    accept gzip, decompressed for the others. Every way to a result comes through here, so a
+    purged one is a 410 whether asked for directly or through `Prefer: wait`."""
+    if job.purged_at is not None:
+        days = services().settings.retention_days
+        raise ApiError.one(
+            410,
+            "Result expired",
+            f"results are kept {days} days after their job finished; this one was deleted"
+            f" on {job.purged_at.date().isoformat()}",
+        )
     assert job.result_status is not None
     body = job.result_body if job.result_status != 204 else None
     compressed = body is not None and body[:2] == GZIP_MAGIC
@@ -180,14 +189,6 @@ def result(job_id: str) -> Response:
             else f"the job is {job.status}; poll {url_for(SHOW, job_id=job_id)}"
         )
         raise ApiError.one(409, "Job not finished", detail)
-    if job.purged_at is not None:
-        days = services().settings.retention_days
-        raise ApiError.one(
-            410,
-            "Result expired",
-            f"results are kept {days} days after their job finished; this one was deleted"
-            f" on {job.purged_at.date().isoformat()}",
-        )
     return result_response(job)
 
 

@@ -129,6 +129,9 @@ def test_create_then_update_then_delete(jobs: JobClient, e2e_auth: Any, e2e_db: 
     assert deleted.status == 204
     assert deleted.result.data == b""
     assert entry_count(e2e_db) == before
+    with Session(e2e_db) as session:
+        for job in session.scalars(select(Job)):
+            assert job.created_at <= job.started_at <= job.finished_at  # type: ignore[operator]
 
 
 def test_one_bad_entry_among_100_changes_nothing(

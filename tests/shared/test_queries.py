@@ -73,7 +73,7 @@ def test_directory_page_sorts_by_id(session: Session) -> None:
 
 
 def test_listed_jobs_do_not_load_their_batch_or_result(session: Session) -> None:
-    job = Job(organization_id=2110, person_id=7781, operation="create", total=1, batch=[{}])
+    job = Job(organization_id=2110, person_id=7781, operation="create", total=1, batch=b"{}")
     session.add(job)
     session.flush()
     session.expunge_all()

@@ -294,6 +294,21 @@ def worker_peak_rss(worker: WorkerProcess) -> int:
     return max(peaks)
 
 
+def test_processed_moves_during_a_long_job(jobs: JobClient, e2e_auth: Any, e2e_client: Any) -> None:
+    headers = e2e_auth(7781)
+    accepted = jobs.submit("POST", "/api/v2/time_entries", create_doc(10_000), headers)
+    seen: set[int] = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        polled = e2e_client.get(accepted.headers["Location"], headers=headers)
+        if polled.status_code == 303:
+            break
+        seen.add(polled.json["data"]["attributes"]["processed"])
+        time.sleep(0.005)
+    assert polled.status_code == 303
+    assert {n for n in seen if 0 < n < 10_000}, sorted(seen)
+
+
 def test_ten_thousand_entries(
     jobs: JobClient, e2e_auth: Any, e2e_db: Engine, worker: WorkerProcess
 ) -> None:

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
@@ -61,39 +61,25 @@ def load_context(
     )
 
 
-# References of a batch are locked FOR KEY SHARE: they cannot be deleted or re-keyed until the
-# batch commits, which is what a foreign key would guarantee row by row.
-def people_by_id(session: Session, ctx: BatchContext, ids: Collection[int]) -> dict[int, Person]:
+Referenced = TypeVar("Referenced", Person, Service, Task)
+
+
+def referenced_by_id(
+    session: Session, ctx: BatchContext, model: type[Referenced], ids: Collection[int]
+) -> dict[int, Referenced]:
+    """The organization's rows of `model` with these ids, in one query.
+
+    They are locked FOR KEY SHARE: they cannot be deleted or re-keyed until the batch
+    commits, which is what a foreign key would guarantee row by row.
+    """
     if not ids:
         return {}
     found = session.scalars(
-        select(Person)
-        .where(Person.organization_id == ctx.organization_id, Person.id.in_(ids))
+        select(model)
+        .where(model.organization_id == ctx.organization_id, model.id.in_(ids))
         .with_for_update(key_share=True)
     )
-    return {p.id: p for p in found}
-
-
-def services_by_id(session: Session, ctx: BatchContext, ids: Collection[int]) -> dict[int, Service]:
-    if not ids:
-        return {}
-    found = session.scalars(
-        select(Service)
-        .where(Service.organization_id == ctx.organization_id, Service.id.in_(ids))
-        .with_for_update(key_share=True)
-    )
-    return {s.id: s for s in found}
-
-
-def tasks_by_id(session: Session, ctx: BatchContext, ids: Collection[int]) -> dict[int, Task]:
-    if not ids:
-        return {}
-    found = session.scalars(
-        select(Task)
-        .where(Task.organization_id == ctx.organization_id, Task.id.in_(ids))
-        .with_for_update(key_share=True)
-    )
-    return {t.id: t for t in found}
+    return {row.id: row for row in found}
 
 
 ENTRY_COLUMNS = [getattr(TimeEntry, name) for name in COLUMNS] + [

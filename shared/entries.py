@@ -14,13 +14,7 @@ from sqlalchemy import delete, text
 from sqlalchemy.orm import Session
 
 from shared.approval import add_pending_statuses, approve_all_people, required_approvers
-from shared.context import (
-    BatchContext,
-    lock_entries,
-    people_by_id,
-    services_by_id,
-    tasks_by_id,
-)
+from shared.context import BatchContext, lock_entries, referenced_by_id
 from shared.costs import COST_COLUMNS, MissingExchangeRate, entry_costs
 from shared.jsonapi import ApiError, Problem
 from shared.locks import edit_refusal
@@ -99,14 +93,14 @@ class _Refs:
     """Everything a batch refers to, fetched with one query per kind."""
 
     def __init__(self, session: Session, ctx: BatchContext, items: Sequence[Item]) -> None:
-        self.people = people_by_id(
-            session, ctx, {i["person_id"] for i in items if "person_id" in i}
+        self.people = referenced_by_id(
+            session, ctx, Person, {i["person_id"] for i in items if "person_id" in i}
         )
-        self.services = services_by_id(
-            session, ctx, {i["service_id"] for i in items if "service_id" in i}
+        self.services = referenced_by_id(
+            session, ctx, Service, {i["service_id"] for i in items if "service_id" in i}
         )
-        self.tasks = tasks_by_id(
-            session, ctx, {i["task_id"] for i in items if i.get("task_id") is not None}
+        self.tasks = referenced_by_id(
+            session, ctx, Task, {i["task_id"] for i in items if i.get("task_id") is not None}
         )
         self.costs: dict[tuple[int, int, str], dict[str, int | str]] = {}
 

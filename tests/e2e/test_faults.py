@@ -308,3 +308,27 @@ def test_eight_concurrent_clients_with_overlapping_batches(
             select(func.count()).select_from(Job).where(Job.status.in_(["queued", "running"]))
         )
     assert unfinished == 0
+
+
+def test_job_that_keeps_failing_is_given_up_with_a_clear_error(
+    fault_client: JobClient, e2e_auth: Any, e2e_db: Engine, fault_settings: Settings
+) -> None:
+    from shared.jobs import run_job
+
+    headers = e2e_auth(7781)
+    before = entry_count(e2e_db)
+    accepted = fault_client.submit("POST", "/api/v2/time_entries", create_doc(5), headers)
+    job_id = accepted.json["data"]["id"]  # type: ignore[index]
+    with Session(e2e_db) as session:
+        # As if every earlier attempt had died mid-job.
+        session.execute(
+            text("UPDATE jobs SET status = 'running', attempts = :n WHERE id = :id"),
+            {"n": fault_settings.job_max_attempts, "id": job_id},
+        )
+        session.commit()
+    outcome = run_job(e2e_db, uuid.UUID(job_id), max_attempts=fault_settings.job_max_attempts)
+    assert outcome == "failed"
+    result = fault_client.follow(accepted, headers)
+    assert result.status == 500
+    assert result.document["errors"][0]["title"] == "Job abandoned"
+    assert entry_count(e2e_db) == before

@@ -205,7 +205,7 @@ class Stack:
 
 def child_env(settings: Settings) -> dict[str, str]:
     """The children's environment: ours, with the stack's settings on top."""
-    env = os.environ | settings.as_env()
+    env = settings.child_env()
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -139,6 +139,10 @@ class Settings:
     def with_urls(self, database_url: str, broker_url: str) -> Settings:
         return dataclasses.replace(self, database_url=database_url, broker_url=broker_url)
 
+    def child_env(self) -> dict[str, str]:
+        """A child process's environment: this process's, with these settings on top."""
+        return dict(os.environ) | self.as_env()
+
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
         env = {

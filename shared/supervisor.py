@@ -3,7 +3,7 @@
 The commands are defined once, in :data:`PROCESSES`; the Procfile and docker-compose.yml
 spell the same argument lists with environment variables (see :data:`SETTINGS_ENV`).
 
-Each process runs in its own process group with ``os.environ | settings.as_env()`` (less
+Each process runs in its own process group with ``settings.child_env()`` (less
 what :data:`UNSET_ENV` names for it) and its output is copied line by line with the process
 name in front. On SIGINT, SIGTERM or SIGHUP,
 or as soon as any process exits on its own, every process group gets SIGTERM; whatever is
@@ -182,7 +182,7 @@ def run_stack(settings: Settings) -> int:
     not be started. Must be called from the main thread (it installs signal handlers).
     Settings must carry both URLs (see shared.embedded.embedded_settings).
     """
-    env = os.environ | settings.as_env()
+    env = settings.child_env()
     env.setdefault("PYTHONUNBUFFERED", "1")  # lines through our pipes as they are printed
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule there
     if settings.metrics_dir is not None:

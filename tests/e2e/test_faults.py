@@ -82,17 +82,6 @@ def wait_for_status(engine: Engine, job_id: str, status: str, timeout: float = 6
     raise AssertionError(f"job {job_id} never became {status}")
 
 
-@contextmanager
-def job_row_locked(engine: Engine, job_id: str) -> Iterator[None]:
-    """Hold the job row: the worker's progress and final update wait, so the job stays
-    mid-flight (entries inserted, not committed) for as long as the test needs."""
-    with engine.connect() as connection:
-        transaction = connection.begin()
-        connection.execute(text("SELECT 1 FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
-        yield
-        transaction.rollback()
-
-
 def wait_for_blocked_worker(engine: Engine, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -107,6 +96,24 @@ def wait_for_blocked_worker(engine: Engine, timeout: float = 30) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("the worker never blocked on the held job row")
+
+
+@contextmanager
+def stalled_mid_job(engine: Engine, job_id: str) -> Iterator[None]:
+    """Hold the job row once the job runs: the worker's progress and final update wait, so
+    the job stays mid-flight (entries inserted, not committed) for as long as the test needs."""
+    wait_for_status(engine, job_id, "running")
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        connection.execute(text("SELECT 1 FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
+        wait_for_blocked_worker(engine)
+        yield
+        transaction.rollback()
+
+
+def submit_create(client: JobClient, headers: dict[str, str], n: int) -> tuple[Any, str]:
+    accepted = client.submit("POST", "/api/v2/time_entries", create_doc(n), headers)
+    return accepted, accepted.json["data"]["id"]  # type: ignore[index]
 
 
 def sweep_until_finished(
@@ -138,11 +145,8 @@ def test_sigkill_of_the_worker_mid_job(
     headers = e2e_auth(7781)
     before = entry_count(e2e_db)
     first = start_worker()
-    accepted = fault_client.submit("POST", "/api/v2/time_entries", create_doc(5000), headers)
-    job_id = accepted.json["data"]["id"]  # type: ignore[index]
-    wait_for_status(e2e_db, job_id, "running")
-    with job_row_locked(e2e_db, job_id):
-        wait_for_blocked_worker(e2e_db)
+    accepted, job_id = submit_create(fault_client, headers, 5000)
+    with stalled_mid_job(e2e_db, job_id):
         first.kill(signal.SIGKILL)
     assert job_row(e2e_db, job_id).status == "running"
     assert entry_count(e2e_db) == before  # the killed transaction left nothing
@@ -192,11 +196,8 @@ def test_database_connection_terminated_mid_job(
     headers = e2e_auth(7781)
     before = entry_count(e2e_db)
     start_worker()
-    accepted = fault_client.submit("POST", "/api/v2/time_entries", create_doc(3000), headers)
-    job_id = accepted.json["data"]["id"]  # type: ignore[index]
-    wait_for_status(e2e_db, job_id, "running")
-    with job_row_locked(e2e_db, job_id):
-        wait_for_blocked_worker(e2e_db)
+    accepted, job_id = submit_create(fault_client, headers, 3000)
+    with stalled_mid_job(e2e_db, job_id):
         with e2e_db.connect() as connection:
             killed = connection.scalar(
                 text(
@@ -222,8 +223,7 @@ def test_same_message_delivered_three_times_concurrently(
 ) -> None:
     headers = e2e_auth(7781)
     before = entry_count(e2e_db)
-    accepted = fault_client.submit("POST", "/api/v2/time_entries", create_doc(2000), headers)
-    job_id = accepted.json["data"]["id"]  # type: ignore[index]
+    accepted, job_id = submit_create(fault_client, headers, 2000)
     celery = create_worker_app(fault_settings)
     for _ in range(2):
         celery.send_task(PROCESS_JOB, args=[job_id])
@@ -317,8 +317,7 @@ def test_job_that_keeps_failing_is_given_up_with_a_clear_error(
 
     headers = e2e_auth(7781)
     before = entry_count(e2e_db)
-    accepted = fault_client.submit("POST", "/api/v2/time_entries", create_doc(5), headers)
-    job_id = accepted.json["data"]["id"]  # type: ignore[index]
+    accepted, job_id = submit_create(fault_client, headers, 5)
     with Session(e2e_db) as session:
         # As if every earlier attempt had died mid-job.
         session.execute(

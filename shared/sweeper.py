@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.models import Job
@@ -28,7 +28,16 @@ def stuck_jobs(session: Session, *, queued_grace: int, lease: int, limit: int = 
                 or_(
                     (Job.status == "queued")
                     & (Job.created_at < queued_before)
-                    & (Job.published_at.is_(None) | (Job.published_at < queued_before)),
+                    & (
+                        Job.published_at.is_(None)
+                        # Back off as the job ages: a long backlog is not flooded with
+                        # copies, a lost message is still sent again soon enough.
+                        | (Job.published_at < queued_before)
+                        & text(
+                            "jobs.published_at < jobs.created_at"
+                            " + (CAST(:now AS timestamptz) - jobs.created_at) / 2"
+                        ).bindparams(now=now)
+                    ),
                     (Job.status == "running")
                     & (Job.heartbeat_at < heartbeat_before)
                     & (Job.published_at.is_(None) | (Job.published_at < heartbeat_before)),

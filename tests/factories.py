@@ -77,3 +77,15 @@ class Factories:
         return self._add(  # type: ignore[no-any-return]
             ApprovalStatus(time_entry_id=entry.id, approver_id=approver_id, **values)
         )
+
+
+def create_resource(**attributes: Any) -> dict[str, Any]:
+    """One valid resource of a create document for demo person 7781 on service 1213."""
+    return {
+        "type": "time_entries",
+        "attributes": {"date": "2026-01-02", "time": 60} | attributes,
+        "relationships": {
+            "person": {"data": {"type": "people", "id": "7781"}},
+            "service": {"data": {"type": "services", "id": 1213}},
+        },
+    }

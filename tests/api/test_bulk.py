@@ -16,17 +16,7 @@ from shared.models import Job
 from shared.settings import Settings
 from tests.checked_client import CheckedClient
 from tests.conftest import BULK
-
-
-def entry(**attributes: Any) -> dict[str, Any]:
-    return {
-        "type": "time_entries",
-        "attributes": {"date": "2026-01-02", "time": 60} | attributes,
-        "relationships": {
-            "person": {"data": {"type": "people", "id": "7781"}},
-            "service": {"data": {"type": "services", "id": 1213}},
-        },
-    }
+from tests.factories import create_resource as entry
 
 
 def post(client: FlaskClient, headers: dict[str, str], body: Any, **extra: str) -> Any:

@@ -13,6 +13,7 @@ from werkzeug.test import TestResponse
 
 from shared.models import Job
 from tests.conftest import BULK
+from tests.factories import create_resource
 
 BASE = dt.datetime(2026, 1, 5, 9, tzinfo=dt.UTC)
 
@@ -179,18 +180,7 @@ def test_pages(client: FlaskClient, auth: Any, made: dict[str, Job]) -> None:
 
 
 def test_a_submitted_then_canceled_job_is_listed(client: FlaskClient, auth: Any) -> None:
-    body = {
-        "data": [
-            {
-                "type": "time_entries",
-                "attributes": {"date": "2026-01-02", "time": 60},
-                "relationships": {
-                    "person": {"data": {"type": "people", "id": "7781"}},
-                    "service": {"data": {"type": "services", "id": "1213"}},
-                },
-            }
-        ]
-    }
+    body = {"data": [create_resource()]}
     headers = auth()
     accepted = client.post(
         "/api/v2/time_entries", json=body, headers=headers | {"Content-Type": BULK}

@@ -21,6 +21,7 @@ from shared.queue import create_celery, publish_job
 from shared.settings import Settings
 from tests.checked_client import CheckedClient
 from tests.conftest import BULK
+from tests.factories import create_resource
 from tests.scraping import scrape, value
 
 
@@ -74,18 +75,7 @@ def test_requests_are_counted_by_route_and_status(client: FlaskClient, auth: Any
 
 def test_jobs_are_gauged_by_operation_and_status(client: FlaskClient, auth: Any) -> None:
     before = scrape(client)
-    document = {
-        "data": [
-            {
-                "type": "time_entries",
-                "attributes": {"date": "2026-01-02", "time": 60},
-                "relationships": {
-                    "person": {"data": {"type": "people", "id": "7781"}},
-                    "service": {"data": {"type": "services", "id": "1213"}},
-                },
-            }
-        ]
-    }
+    document = {"data": [create_resource()]}
     for _ in range(2):
         response = client.post(
             "/api/v2/time_entries",

@@ -23,6 +23,7 @@ from werkzeug.test import TestResponse
 from api.openapi import document
 from shared.models import Job
 from tests.conftest import BULK
+from tests.factories import create_resource as entry
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT_URI = "urn:timebatch:openapi"
@@ -147,17 +148,6 @@ def test_the_api_reference_has_a_section_per_operation() -> None:
 
 
 # -------------------------------------------------------------------------------- answers
-
-
-def entry(**attributes: Any) -> dict[str, Any]:
-    return {
-        "type": "time_entries",
-        "attributes": {"date": "2026-01-02", "time": 60} | attributes,
-        "relationships": {
-            "person": {"data": {"type": "people", "id": "7781"}},
-            "service": {"data": {"type": "services", "id": 1213}},
-        },
-    }
 
 
 def test_job_answers_conform(client: FlaskClient, auth: Any, session: Session) -> None:

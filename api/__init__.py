@@ -12,11 +12,11 @@ from api.context import AppServices, Publisher, close_db
 from api.errors import register_error_handlers
 from api.telemetry import bind_principal, register_telemetry
 from api.views import bulk, health, jobs, meta, reading
-from shared import metrics
-from shared.db import make_engine, make_session_factory
-from shared.logs import configure_logging
-from shared.queue import create_celery, publish_job, queue_depth
+from shared.jobs.queue import create_celery, publish_job, queue_depth
+from shared.ops import metrics
+from shared.ops.logs import configure_logging
 from shared.settings import Settings
+from shared.store.engine import make_engine, make_session_factory
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import g, request
 
 from api.context import db
-from shared.jsonapi import ApiError
-from shared.tokens import Principal, find_principal
+from shared.domain.tokens import Principal, find_principal
+from shared.jsonapi.errors import ApiError
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 

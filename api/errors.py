@@ -8,7 +8,7 @@ from flask import Flask, Response
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from shared.jsonapi import CONTENT_TYPE, ApiError, Problem
+from shared.jsonapi.errors import CONTENT_TYPE, ApiError, Problem
 
 logger = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.logs import gunicorn_logconfig
-from shared.metrics import forget_process
+from shared.ops.logs import gunicorn_logconfig
+from shared.ops.metrics import forget_process
 from shared.settings import Settings
 
 logconfig_dict = gunicorn_logconfig()

@@ -16,9 +16,9 @@ from urllib.parse import urlencode
 from flask import Response
 from werkzeug.datastructures import MultiDict
 
-from api.parsing import MAX_ID
-from shared.jsonapi import CONTENT_TYPE, ApiError, encode
-from shared.queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, PageRequest, SortKey
+from shared.domain.limits import parse_id
+from shared.jsonapi.errors import CONTENT_TYPE, ApiError, encode
+from shared.store.queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, PageRequest, SortKey
 
 # Parses one parameter's value; gets the value and the parameter's name for its errors.
 Parser = Callable[[str, str], Any]
@@ -48,11 +48,12 @@ def ids(value: str, parameter: str) -> frozenset[int]:
     """A comma-separated list of ids; matches any of them."""
     found = set()
     for part in _values(value, parameter):
-        if not (part.isascii() and part.isdigit() and len(part) < 20 and 0 < int(part) <= MAX_ID):
+        parsed = parse_id(part)
+        if parsed is None:
             raise invalid(
                 parameter, f"{parameter} takes ids separated by commas, not {_shown(part)}"
             )
-        found.add(int(part))
+        found.add(parsed)
     return frozenset(found)
 
 

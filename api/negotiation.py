@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Request
 
-from shared.jsonapi import MEDIA_TYPE, ApiError
+from shared.jsonapi.errors import MEDIA_TYPE, ApiError
 
 BULK_CONTENT_TYPE = "application/vnd.api+json; ext=bulk"
 MAX_WAIT = 60

@@ -1,8 +1,9 @@
 """The OpenAPI 3.1 description of the whole HTTP API, served at GET /api/v2/openapi.json.
 
 Built in Python so that limits, enumerations and attribute lists come from the code that
-enforces them. tests/api/test_openapi.py checks that it names exactly the app's routes and
-that real answers conform to it; a schemathesis run against the live app checks the rest.
+enforces them; the request bodies are the msgspec structs that decode them, as JSON Schema.
+tests/api/test_openapi.py checks that it names exactly the app's routes and that real
+answers conform to it; a schemathesis run against the live app checks the rest.
 """
 
 from __future__ import annotations
@@ -10,16 +11,18 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+import msgspec
 import orjson
 
 from api.negotiation import BULK_CONTENT_TYPE, MAX_WAIT
-from api.parsing import MAX_ID, MAX_MINUTES, MAX_NOTE
 from api.telemetry import HEADER as REQUEST_ID
-from shared.costs import COST_COLUMNS
-from shared.jsonapi import MEDIA_TYPE
-from shared.models import JOB_STATUSES, OPERATIONS
-from shared.queries import DEFAULT_PAGE_SIZE, ENTRY_SORTS, ENTRY_STATUSES, MAX_PAGE_SIZE
-from shared.render import RELATIONSHIPS
+from shared.domain.documents import DOCUMENTS
+from shared.domain.limits import MAX_MINUTES
+from shared.jsonapi.errors import MEDIA_TYPE
+from shared.jsonapi.render import RELATIONSHIPS
+from shared.store.columns import COST_COLUMNS, REFERENCE_NAMED
+from shared.store.models import JobStatus, Operation
+from shared.store.queries import DEFAULT_PAGE_SIZE, ENTRY_SORTS, ENTRY_STATUSES, MAX_PAGE_SIZE
 
 Schema = dict[str, Any]
 
@@ -78,11 +81,6 @@ def _object(properties: Schema, required: tuple[str, ...] = (), *, closed: bool 
 
 TIMESTAMP = _text(format="date-time")
 RESOURCE_ID = _text(pattern="^[1-9][0-9]{0,18}$", examples=["7781"])
-# Ids in request bodies may be numbers or strings.
-ANY_ID: Schema = {
-    "anyOf": [RESOURCE_ID, _integer(minimum=1, maximum=MAX_ID)],
-    "description": "a positive integer, as a number or a string",
-}
 
 
 # ------------------------------------------------------------------------------- schemas
@@ -136,14 +134,11 @@ def _time_entry_attributes() -> Schema:
     return _object(properties, tuple(properties))
 
 
-INCLUDABLE = {"person": "people", "service": "services", "task": "tasks"}
-
-
 def _time_entry() -> Schema:
     relationships: Schema = {"organization": _organization()}
     for name in RELATIONSHIPS[1:]:
-        included = name in INCLUDABLE
-        relationships[name] = _to_one(INCLUDABLE[name]) if included else ref("NotIncluded")
+        reference = REFERENCE_NAMED.get(name)
+        relationships[name] = _to_one(reference.type) if reference else ref("NotIncluded")
     return _object(
         {
             "id": RESOURCE_ID,
@@ -174,8 +169,8 @@ def _directory(kind: str, attributes: Schema, relationships: tuple[str, ...]) ->
 def _job() -> Schema:
     attributes = _object(
         {
-            "status": {"enum": list(JOB_STATUSES)},
-            "operation": {"enum": list(OPERATIONS)},
+            "status": {"enum": list(JobStatus)},
+            "operation": {"enum": list(Operation)},
             "total": _integer(minimum=0),
             "processed": _integer(minimum=0),
             "errors": _integer(minimum=0, description="error objects in a failed job's result"),
@@ -222,47 +217,15 @@ def _document(data: Schema, *, included: bool = False, paged: bool = False) -> S
     return _object(properties, tuple(required))
 
 
-def _bulk_attributes() -> Schema:
-    return _object(
-        {
-            "date": _text(format="date", description="YYYY-MM-DD, 1900 to 2999"),
-            "time": _integer(minimum=0, maximum=MAX_MINUTES, description="minutes"),
-            "note": nullable(_text(maxLength=MAX_NOTE)),
-        }
+def _bulk_documents() -> Schema:
+    """The request bodies, from the structs that decode them."""
+    _, components = msgspec.json.schema_components(
+        dict.fromkeys(DOCUMENTS.values()), ref_template="#/components/schemas/{name}"
     )
-
-
-def _bulk_relationships(*, required: tuple[str, ...]) -> Schema:
-    def related(kind: str, *, optional: bool = False) -> Schema:
-        linkage = _object({"type": {"const": kind}, "id": ANY_ID}, ("type", "id"))
-        data = {"oneOf": [linkage, {"type": "null"}]} if optional else linkage
-        return _object({"data": data}, ("data",))
-
-    return _object(
-        {
-            "person": related("people"),
-            "service": related("services"),
-            "task": related("tasks", optional=True),
-        },
-        required,
-    )
-
-
-def _bulk_body(item: Schema, *, extra: Schema | None = None) -> Schema:
-    properties: Schema = {
-        "data": {
-            "type": "array",
-            "minItems": 1,
-            "items": item,
-            "description": "at most TIMEBATCH_MAX_BATCH_SIZE resources (10,000 by default)",
-        },
-        "meta": {"type": "object"},
-    }
-    return _object(properties | (extra or {}), ("data",))
+    return components
 
 
 def schemas() -> Schema:
-    entry_type = {"const": "time_entries"}
     return {
         "Error": _object(
             {
@@ -334,41 +297,11 @@ def schemas() -> Schema:
             },
             ("self", "first", "prev", "next", "last"),
         ),
-        "BulkCreate": _bulk_body(
-            _object(
-                {
-                    "type": entry_type,
-                    "attributes": _bulk_attributes() | {"required": ["date"]},
-                    "relationships": _bulk_relationships(required=("person", "service")),
-                },
-                ("type", "attributes", "relationships"),
-            )
-        ),
-        "BulkUpdate": _bulk_body(
-            _object(
-                {
-                    "type": entry_type,
-                    "id": ANY_ID,
-                    "attributes": _bulk_attributes(),
-                    "relationships": _bulk_relationships(required=()),
-                },
-                ("type", "id"),
-            )
-        ),
-        "BulkIds": _bulk_body(_object({"type": entry_type, "id": ANY_ID}, ("type", "id"))),
-        "BulkApprove": _bulk_body(
-            _object({"type": entry_type, "id": ANY_ID}, ("type", "id")),
-            extra={
-                "for_all_approvers": {
-                    "type": "boolean",
-                    "description": "approve for every required approver (approve-all permission)",
-                }
-            },
-        ),
         "Health": _object(
             {"database": {"enum": ["ok", "down"]}, "broker": {"enum": ["ok", "down"]}},
             ("database", "broker"),
         ),
+        **_bulk_documents(),
     }
 
 
@@ -444,7 +377,7 @@ def parameters() -> Schema:
         ),
         "FilterJobStatus": query(
             "filter[status]",
-            _text(pattern=f"^({'|'.join(JOB_STATUSES)})(,({'|'.join(JOB_STATUSES)}))*$"),
+            _text(pattern=f"^({'|'.join(JobStatus)})(,({'|'.join(JobStatus)}))*$"),
             "job statuses, separated by commas",
         ),
         "JobSort": query(
@@ -454,7 +387,7 @@ def parameters() -> Schema:
         ),
         "FilterOperation": query(
             "filter[operation]",
-            _text(pattern=f"^({'|'.join(OPERATIONS)})(,({'|'.join(OPERATIONS)}))*$"),
+            _text(pattern=f"^({'|'.join(Operation)})(,({'|'.join(Operation)}))*$"),
             "operations, separated by commas",
         ),
         "ForAllApprovers": query(
@@ -522,7 +455,12 @@ RESULT_ERRORS = (400, 403, 404, 409, 422, 500)
 
 
 def _submission(
-    summary: str, operation: str, body: str, final: int, *, query: tuple[str, ...] = ()
+    summary: str,
+    operation_id: str,
+    operation: Operation,
+    final: int,
+    *,
+    query: tuple[str, ...] = (),
 ) -> Schema:
     answers: dict[int, Schema] = {
         202: _json_api(
@@ -544,7 +482,7 @@ def _submission(
         )
     return {
         "tags": ["bulk"],
-        "operationId": operation,
+        "operationId": operation_id,
         "summary": summary,
         "parameters": [
             ref("Prefer", "parameters"),
@@ -554,7 +492,7 @@ def _submission(
         ],
         "requestBody": {
             "required": True,
-            "content": {BULK_CONTENT_TYPE: {"schema": ref(body)}},
+            "content": {BULK_CONTENT_TYPE: {"schema": ref(DOCUMENTS[operation].__name__)}},
         },
         "responses": _responses(answers, (*AUTHENTICATED, 413, 415, *RESULT_ERRORS)),
     }
@@ -597,21 +535,25 @@ def paths() -> Schema:
                 parameters=(*entry_filters, "EntrySort", "EntryInclude", *paging),
                 one=False,
             ),
-            "post": _submission("Create time entries", "createTimeEntries", "BulkCreate", 201),
-            "patch": _submission("Update time entries", "updateTimeEntries", "BulkUpdate", 200),
-            "delete": _submission("Delete time entries", "deleteTimeEntries", "BulkIds", 204),
+            "post": _submission("Create time entries", "createTimeEntries", Operation.CREATE, 201),
+            "patch": _submission("Update time entries", "updateTimeEntries", Operation.UPDATE, 200),
+            "delete": _submission(
+                "Delete time entries", "deleteTimeEntries", Operation.DELETE, 204
+            ),
         },
         "/api/v2/time_entries/approve": {
             "patch": _submission(
                 "Approve time entries",
                 "approveTimeEntries",
-                "BulkApprove",
+                Operation.APPROVE,
                 200,
                 query=("ForAllApprovers",),
             )
         },
         "/api/v2/time_entries/unapprove": {
-            "patch": _submission("Unapprove time entries", "unapproveTimeEntries", "BulkIds", 200)
+            "patch": _submission(
+                "Unapprove time entries", "unapproveTimeEntries", Operation.UNAPPROVE, 200
+            )
         },
         "/api/v2/time_entries/{id}": {
             "get": _read(

@@ -1,31 +1,34 @@
-"""Bulk documents: shape, types and formats checked before any job exists.
+"""The full check of a bulk document that did not decode on the fast path.
 
-The result is a compact list of items (one dict per resource, relationships flattened to
-`person_id` / `service_id` / `task_id`) that the worker applies without parsing again.
+shared/domain/documents.py defines the document and decodes the common valid body in one
+pass. A body it refuses comes here, to be walked member by member, so that the client hears
+of every problem at once, each with its status and its pointer. Member names, limits and
+relationship types come from the structs, shared/domain/limits.py and the one table of
+references, so the two checks cannot drift apart.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from typing import Any
 
 import orjson
+from msgspec.structs import fields
 
-from shared.jsonapi import ApiError, Problem
-from shared.render import ATTRIBUTES
+from shared.domain.documents import DOCUMENTS, WRITABLE, CreateAttributes, CreateRelationships
+from shared.domain.limits import MAX_DATE, MAX_MINUTES, MAX_NOTE, MIN_DATE, parse_id
+from shared.jsonapi.errors import ApiError, Problem
+from shared.store.columns import ATTRIBUTES, REFERENCE_NAMED
+from shared.store.models import Operation
 
-WRITABLE = ("date", "time", "note")
 READ_ONLY = frozenset(ATTRIBUTES) - set(WRITABLE)
-RELATIONSHIP_TYPES = {"person": "people", "service": "services", "task": "tasks"}
 RESOURCE_MEMBERS = frozenset({"type", "id", "attributes", "relationships", "meta", "links"})
-TOP_MEMBERS = frozenset({"data", "meta", "jsonapi", "links"})
-MAX_ID = 2**63 - 1
-MAX_MINUTES = 24 * 60
-MAX_NOTE = 10_000
-MIN_DATE = dt.date(1900, 1, 1)
-MAX_DATE = dt.date(2999, 12, 31)
-WITH_ATTRIBUTES = frozenset({"create", "update"})
+WITH_ATTRIBUTES = frozenset({Operation.CREATE, Operation.UPDATE})
+REQUIRED_ATTRIBUTES = tuple(f.name for f in fields(CreateAttributes) if f.required)
+REQUIRED_RELATIONSHIPS = tuple(f.name for f in fields(CreateRelationships) if f.required)
+TOP_MEMBERS = {
+    operation: frozenset(f.name for f in fields(kind)) for operation, kind in DOCUMENTS.items()
+}
 
 
 def escape(name: str) -> str:
@@ -45,14 +48,12 @@ def load_json(body: bytes) -> Any:
 
 
 def _id(value: Any, where: str, problems: list[Problem]) -> int | None:
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20:
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID:
-        return value
-    problems.append(
-        Problem(400, "Invalid id", "an id is a positive integer, as a number or string", where)
-    )
-    return None
+    found = parse_id(value)
+    if found is None:
+        problems.append(
+            Problem(400, "Invalid id", "an id is a positive integer, as a number or string", where)
+        )
+    return found
 
 
 def _attributes(attributes: Any, base: str, item: dict[str, Any], problems: list[Problem]) -> None:
@@ -77,7 +78,8 @@ def _attributes(attributes: Any, base: str, item: dict[str, Any], problems: list
                     Problem(
                         422,
                         "Invalid attribute",
-                        "date must be a calendar date YYYY-MM-DD between 1900 and 2999",
+                        "date must be a calendar date YYYY-MM-DD"
+                        f" between {MIN_DATE.year} and {MAX_DATE.year}",
                         where,
                     )
                 )
@@ -125,8 +127,8 @@ def _relationships(
         return
     for name, value in relationships.items():
         where = f"{base}/{escape(name)}"
-        expected = RELATIONSHIP_TYPES.get(name)
-        if expected is None:
+        reference = REFERENCE_NAMED.get(name)
+        if reference is None:
             problems.append(
                 Problem(
                     400,
@@ -142,8 +144,8 @@ def _relationships(
             )
             continue
         data = value["data"]
-        if data is None and name == "task":
-            item["task_id"] = None
+        if data is None and reference.optional:
+            item[reference.column] = None
             continue
         if not isinstance(data, dict):
             problems.append(
@@ -155,111 +157,28 @@ def _relationships(
                 )
             )
             continue
-        if data.get("type") != expected:
+        if data.get("type") != reference.type:
             problems.append(
                 Problem(
                     409,
                     "Type mismatch",
-                    f"{name} must be of type {expected!r}",
+                    f"{name} must be of type {reference.type!r}",
                     f"{where}/data/type",
                 )
             )
             continue
         found = _id(data.get("id"), f"{where}/data/id", problems)
         if found is not None:
-            item[f"{name}_id"] = found
+            item[reference.column] = found
 
 
-@functools.lru_cache(maxsize=4096)
-def _valid_date(value: str) -> bool:
-    try:
-        return len(value) == 10 and MIN_DATE <= dt.date.fromisoformat(value) <= MAX_DATE
-    except ValueError:
-        return False
-
-
-def _plain_id(value: Any) -> int | None:
-    if type(value) is int:
-        return value if 0 < value <= MAX_ID else None
-    if type(value) is str and value.isascii() and value.isdigit() and len(value) < 20:
-        number = int(value)
-        return number if number > 0 else None
-    return None
-
-
-_FAST_MEMBERS = {
-    "create": frozenset({"type", "attributes", "relationships"}),
-    "update": frozenset({"type", "id", "attributes", "relationships"}),
-}
-_ID_ONLY = frozenset({"type", "id"})
-
-
-def _well_formed(resource: Any, operation: str) -> dict[str, Any] | None:
-    """The common case, checked without building any pointer: a resource that is valid as it
-    stands. Anything else (None) goes through the full check, which reports every problem."""
-    if type(resource) is not dict or resource.get("type") != "time_entries":
-        return None
-    if not resource.keys() <= _FAST_MEMBERS.get(operation, _ID_ONLY):
-        return None
-    item: dict[str, Any] = {}
-    if operation != "create":
-        entry_id = _plain_id(resource.get("id"))
-        if entry_id is None:
-            return None
-        item["id"] = entry_id
-    if operation not in WITH_ATTRIBUTES:
-        return item
-    attributes = resource.get("attributes", {})
-    if type(attributes) is not dict:
-        return None
-    for name, value in attributes.items():
-        if name == "date":
-            if type(value) is not str or not _valid_date(value):
-                return None
-        elif name == "time":
-            if type(value) is not int or not 0 <= value <= MAX_MINUTES:
-                return None
-        elif name == "note":
-            if value is not None and (
-                type(value) is not str or len(value) > MAX_NOTE or "\x00" in value
-            ):
-                return None
-        else:
-            return None
-        item[name] = value
-    relationships = resource.get("relationships", {})
-    if type(relationships) is not dict:
-        return None
-    for name, value in relationships.items():
-        expected = RELATIONSHIP_TYPES.get(name)
-        if expected is None or type(value) is not dict or value.keys() != {"data"}:
-            return None
-        data = value["data"]
-        if data is None and name == "task":
-            item["task_id"] = None
-            continue
-        if type(data) is not dict or data.get("type") != expected:
-            return None
-        found = _plain_id(data.get("id"))
-        if found is None:
-            return None
-        item[f"{name}_id"] = found
-    if operation == "create" and not (
-        "date" in item and "person_id" in item and "service_id" in item
-    ):
-        return None
-    return item
-
-
-def parse_bulk(
-    document: Any, operation: str, *, max_batch: int, extra_members: frozenset[str] = frozenset()
-) -> list[dict[str, Any]]:
-    """Check a bulk document; return its items or raise ApiError with every problem found."""
+def check_bulk(document: Any, operation: Operation, *, max_batch: int) -> None:
+    """Check a bulk document; raise ApiError with every problem found."""
     if not isinstance(document, dict):
         raise ApiError.one(400, "Malformed document", "the document must be an object", pointer="")
     problems: list[Problem] = []
     for member in document:
-        if member not in TOP_MEMBERS and member not in extra_members:
+        if member not in TOP_MEMBERS[operation]:
             problems.append(
                 Problem(
                     400,
@@ -281,15 +200,8 @@ def parse_bulk(
             f"a batch holds at most {max_batch} entries; this one has {len(data)}",
             pointer="/data",
         )
-    items: list[dict[str, Any]] = []
     seen: dict[int, int] = {}
     for index, resource in enumerate(data):
-        fast = _well_formed(resource, operation)
-        if fast is not None and fast.get("id") not in seen:
-            if "id" in fast:
-                seen[fast["id"]] = index
-            items.append(fast)
-            continue
         base = f"/data/{index}"
         if not isinstance(resource, dict):
             problems.append(Problem(400, "Invalid resource", "each resource is an object", base))
@@ -316,7 +228,7 @@ def parse_bulk(
                     409, "Type mismatch", "resources must be of type 'time_entries'", f"{base}/type"
                 )
             )
-        if operation == "create":
+        if operation == Operation.CREATE:
             if "id" in resource:
                 problems.append(
                     Problem(
@@ -349,7 +261,7 @@ def parse_bulk(
                 _attributes(resource["attributes"], f"{base}/attributes", item, problems)
             if "relationships" in resource:
                 _relationships(resource["relationships"], f"{base}/relationships", item, problems)
-            if operation == "create":
+            if operation == Operation.CREATE:
                 _require_for_create(resource, base, item, problems)
         else:
             for member in ("attributes", "relationships"):
@@ -362,10 +274,8 @@ def parse_bulk(
                             f"{base}/{escape(member)}",
                         )
                     )
-        items.append(item)
     if problems:
         raise ApiError(problems)
-    return items
 
 
 def _require_for_create(
@@ -373,12 +283,15 @@ def _require_for_create(
 ) -> None:
     attributes = resource.get("attributes")
     relationships = resource.get("relationships")
-    if "date" not in item and not (isinstance(attributes, dict) and "date" in attributes):
-        problems.append(
-            Problem(422, "Missing attribute", "date is required", f"{base}/attributes/date")
-        )
-    for name in ("person", "service"):
-        if f"{name}_id" not in item and not (
+    for name in REQUIRED_ATTRIBUTES:
+        if name not in item and not (isinstance(attributes, dict) and name in attributes):
+            problems.append(
+                Problem(
+                    422, "Missing attribute", f"{name} is required", f"{base}/attributes/{name}"
+                )
+            )
+    for name in REQUIRED_RELATIONSHIPS:
+        if REFERENCE_NAMED[name].column not in item and not (
             isinstance(relationships, dict) and name in relationships
         ):
             problems.append(

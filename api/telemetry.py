@@ -9,7 +9,7 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from shared import logs, metrics
+from shared.ops import logs, metrics
 
 logger = logging.getLogger("timebatch.request")
 

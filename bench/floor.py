@@ -34,8 +34,9 @@ import orjson
 import psycopg
 from sqlalchemy import make_url
 
-from shared.costs import COST_COLUMNS, CurrencyBook, entry_costs
-from shared.render import ATTRIBUTES, COLUMNS, RELATIONSHIPS, TIMESTAMPS
+from shared.domain.costs import CurrencyBook, entry_costs
+from shared.jsonapi.render import RELATIONSHIPS
+from shared.store.columns import ATTRIBUTES, COLUMNS, COST_COLUMNS, TIMESTAMPS
 
 SCRATCH = "bench_floor_time_entries"
 SUBMISSIONS = "bench_floor_submissions"

@@ -23,12 +23,13 @@ from flask import Flask, Response, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.costs import CurrencyBook, entry_costs
-from shared.db import make_engine
-from shared.models import ExchangeRate, Organization, Person, Service, Task, TimeEntry
-from shared.render import ATTRIBUTES, RELATIONSHIPS, TIMESTAMPS
+from shared.domain.costs import CurrencyBook, entry_costs
+from shared.domain.tokens import find_principal
+from shared.jsonapi.render import RELATIONSHIPS
 from shared.settings import Settings
-from shared.tokens import find_principal
+from shared.store.columns import ATTRIBUTES, TIMESTAMPS
+from shared.store.engine import make_engine
+from shared.store.models import ExchangeRate, Organization, Person, Service, Task, TimeEntry
 
 CONTENT_TYPE = "application/vnd.api+json; charset=utf-8"
 

@@ -38,7 +38,7 @@ from bench.documents import ADMIN, MEMBER, ORGANIZATION, create_body, refs_body,
 from bench.floor import Floor
 from bench.report import Ratio, Row, ratio, table
 from bench.stack import REPO, BenchError, Child, Stack, open_stack
-from shared.demo import FIRST_FREE_ENTRY_ID
+from shared.cli.demo import FIRST_FREE_ENTRY_ID
 from shared.settings import Settings, SettingsError
 
 DEFAULT_SIZES = (100, 1_000, 10_000, 100_000)

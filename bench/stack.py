@@ -3,7 +3,7 @@
 Servers: the configured PostgreSQL and broker (DATABASE_URL / BROKER_URL), or embedded ones
 started in a fresh temporary data dir and stopped at the end. On that server the run makes
 its own database (migrated, demo data loaded) and drops it at the end. Web and worker are
-started with the commands of ``timebatch run`` (shared.supervisor), each in its own process
+started with the commands of ``timebatch run`` (shared.devstack.supervisor), each in its own process
 group, and stopped, whole groups, whatever happens.
 """
 
@@ -25,14 +25,14 @@ from sqlalchemy import Engine, create_engine, make_url, select, text
 from sqlalchemy.orm import Session
 
 from bench.memory import TreeMemory
-from shared import migrate
-from shared.db import make_engine
-from shared.demo import load_demo
-from shared.embedded import embedded_settings
-from shared.models import Person
+from shared.cli.demo import load_demo
+from shared.devstack.embedded import embedded_settings
+from shared.devstack.supervisor import executable, stack_commands
+from shared.domain.tokens import create_token
 from shared.settings import Settings
-from shared.supervisor import executable, stack_commands
-from shared.tokens import create_token
+from shared.store import migrate
+from shared.store.engine import make_engine
+from shared.store.models import Person
 
 REPO = Path(__file__).resolve().parent.parent
 DATABASE = "timebatch_bench"

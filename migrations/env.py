@@ -1,11 +1,12 @@
-"""Alembic environment: the URL or connection comes from the caller (shared.migrate), never env."""
+"""Alembic environment: the URL or connection comes from the caller (shared.store.migrate),
+never the environment."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from shared.models import Base
+from shared.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

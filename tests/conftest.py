@@ -22,13 +22,13 @@ from sqlalchemy import Connection, Engine, create_engine, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
-from shared import migrate
-from shared.db import make_engine
-from shared.demo import load_demo
-from shared.embedded import start_embedded
-from shared.models import Person
+from shared.cli.demo import load_demo
+from shared.devstack.embedded import start_embedded
+from shared.domain.tokens import create_token
 from shared.settings import Settings
-from shared.tokens import create_token
+from shared.store import migrate
+from shared.store.engine import make_engine
+from shared.store.models import Person
 from tests.checked_client import CheckedClient
 from tests.factories import Factories
 

@@ -6,9 +6,21 @@ import datetime as dt
 import itertools
 from typing import Any
 
+import orjson
 from sqlalchemy.orm import Session
 
-from shared.models import ApprovalStatus, Organization, Person, Service, Task, TimeEntry
+from shared.domain.tokens import Principal
+from shared.jobs.submit import submit_job
+from shared.store.models import (
+    ApprovalStatus,
+    Job,
+    Operation,
+    Organization,
+    Person,
+    Service,
+    Task,
+    TimeEntry,
+)
 
 _ids = itertools.count(900_000)
 
@@ -89,3 +101,17 @@ def create_resource(**attributes: Any) -> dict[str, Any]:
             "service": {"data": {"type": "services", "id": 1213}},
         },
     }
+
+
+def reference(entry_id: int | str) -> dict[str, Any]:
+    """A resource of a delete, approve or unapprove document."""
+    return {"type": "time_entries", "id": str(entry_id)}
+
+
+def queue_job(
+    session: Session, principal: Principal, operation: str, data: list[dict[str, Any]]
+) -> Job:
+    """A queued job of this bulk document's data, stored the way the API stores one."""
+    body = orjson.dumps({"data": data})
+    job, _ = submit_job(session, principal, Operation(operation), body, {}, total=len(data))
+    return job

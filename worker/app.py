@@ -9,15 +9,14 @@ from celery import Celery, Task
 from celery.utils.log import get_task_logger
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session
 
-from shared import metrics
-from shared.db import make_engine
-from shared.jobs import fail_unexpectedly, run_job
-from shared.queue import PROCESS_JOB, PURGE_JOBS, SWEEP_JOBS, create_celery, publish_job
-from shared.retention import purge_expired_jobs
+from shared.jobs.queue import PROCESS_JOB, PURGE_JOBS, SWEEP_JOBS, create_celery
+from shared.jobs.retention import purge_expired
+from shared.jobs.runner import Outcome, fail_unexpectedly, run_job
+from shared.jobs.sweeper import recover_jobs
+from shared.ops import metrics
 from shared.settings import Settings
-from shared.sweeper import stuck_jobs
+from shared.store.engine import make_engine
 from worker.telemetry import connect_signals, record_outcome
 
 logger = get_task_logger(__name__)
@@ -76,7 +75,7 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
             if not is_transient(exc):
                 logger.exception("job %s failed with an internal error", job_id)
                 fail_unexpectedly(holder.engine, uuid.UUID(job_id))
-                record_outcome(holder.engine, job_id, "failed")
+                record_outcome(holder.engine, job_id, Outcome.FAILED)
                 raise
             countdown = min(2**self.request.retries, 60)
             logger.warning("job %s hit a transient database error; retrying", job_id)
@@ -107,35 +106,3 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     }
     app.conf.timebatch_settings = settings
     return app
-
-
-def recover_jobs(engine: Engine, settings: Settings, app: Celery) -> int:
-    """Re-publish stuck jobs; returns how many. Publishing happens after the claim commits."""
-    with Session(engine) as session, session.begin():
-        ids = stuck_jobs(session, queued_grace=settings.queued_grace, lease=settings.job_lease)
-    for job_id in ids:
-        publish_job(app, job_id)
-    if ids:
-        metrics.metrics().sweeper_republished.labels(settings.queue).inc(len(ids))
-        logger.warning("re-published %d stuck jobs", len(ids))
-    return len(ids)
-
-
-PURGE_CHUNK = 1000
-
-
-def purge_expired(engine: Engine, settings: Settings) -> int:
-    """Apply retention, one transaction per chunk of jobs; returns how many were purged."""
-    total = 0
-    while True:
-        with Session(engine) as session, session.begin():
-            purged = purge_expired_jobs(
-                session, retention_days=settings.retention_days, limit=PURGE_CHUNK
-            )
-        total += purged
-        if purged < PURGE_CHUNK:
-            break
-    if total:
-        metrics.metrics().jobs_purged.inc(total)
-        logger.info("retention purged the batches and results of %d jobs", total)
-    return total

@@ -16,14 +16,15 @@ from celery import Task, signals
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from shared import logs, metrics
-from shared.models import Job
-from shared.queue import PROCESS_JOB
+from shared.jobs.queue import PROCESS_JOB
+from shared.jobs.runner import Outcome
+from shared.ops import logs, metrics
 from shared.settings import Settings
+from shared.store.models import Job
 
 logger = logging.getLogger(__name__)
 
-FINISHING_OUTCOMES = frozenset({"succeeded", "failed"})
+FINISHING_OUTCOMES = frozenset({Outcome.SUCCEEDED, Outcome.FAILED})
 # When the running task started: a pool process runs one task at a time.
 _task_started: list[float] = [0.0]
 
@@ -68,7 +69,7 @@ def connect_signals(settings: Settings) -> None:
         signal.connect(receiver, weak=False, dispatch_uid=f"timebatch.{receiver.__name__}")
 
 
-def record_outcome(engine: Engine, job_id: str, outcome: str) -> None:
+def record_outcome(engine: Engine, job_id: str, outcome: Outcome) -> None:
     """Count a job this task just finished, from its row; its organization joins the logs.
 
     The duration is measured here, not taken from the row: the row's timestamps come from

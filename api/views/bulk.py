@@ -10,25 +10,25 @@ from msgspec import UNSET
 from api.auth import principal
 from api.context import db, services
 from api.negotiation import require_acceptable, require_bulk_content_type
-from api.parsing import load_json, parse_bulk, parse_flag
+from api.parsing import check_bulk, load_json, parse_flag
 from api.views.jobs import answer_for
-from shared import documents
-from shared.jobs import fingerprint, submit_job
-from shared.jsonapi import ApiError
+from shared.domain import documents
+from shared.jobs.submit import submit_job
+from shared.jsonapi.errors import ApiError
+from shared.store.models import Operation
 
 blueprint = Blueprint("bulk", __name__)
 
 MAX_IDEMPOTENCY_KEY = 255
 
 
-def _checked(operation: str, body: bytes, max_batch: int) -> Any:
+def _checked(operation: Operation, body: bytes, max_batch: int) -> Any:
     """The typed document. The common valid body takes the compiled fast path; any other is
     checked in full, so the client hears of every problem with its pointer."""
     try:
         document = documents.decode(operation, body)
     except documents.NotWellFormed as exc:
-        extra = frozenset({"for_all_approvers"}) if operation == "approve" else frozenset()
-        parse_bulk(load_json(body), operation, max_batch=max_batch, extra_members=extra)
+        check_bulk(load_json(body), operation, max_batch=max_batch)
         # Both checks must agree; should the full one find nothing, say what the fast one saw.
         raise ApiError.one(400, "Malformed document", str(exc), pointer="") from None
     if len(document.data) > max_batch:
@@ -41,14 +41,14 @@ def _checked(operation: str, body: bytes, max_batch: int) -> Any:
     return document
 
 
-def _submit(operation: str) -> Response:
+def _submit(operation: Operation) -> Response:
     require_acceptable(request)
     require_bulk_content_type(request)
     settings = services().settings
     body = request.get_data(cache=False)
     document = _checked(operation, body, settings.max_batch_size)
     options: dict[str, Any] = {}
-    if operation == "approve":
+    if operation == Operation.APPROVE:
         flag = False
         if "for_all_approvers" in request.args:
             flag = parse_flag(
@@ -67,9 +67,14 @@ def _submit(operation: str) -> Response:
                 f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters",
             )
     session = db()
-    digest = fingerprint(operation, body, options)
     job, created = submit_job(
-        session, principal(), operation, body, options, key, digest, total=len(document.data)
+        session,
+        principal(),
+        operation,
+        body,
+        options,
+        total=len(document.data),
+        idempotency_key=key,
     )
     session.commit()
     if created:
@@ -80,24 +85,24 @@ def _submit(operation: str) -> Response:
 
 @blueprint.post("/time_entries")
 def create() -> Response:
-    return _submit("create")
+    return _submit(Operation.CREATE)
 
 
 @blueprint.patch("/time_entries")
 def update() -> Response:
-    return _submit("update")
+    return _submit(Operation.UPDATE)
 
 
 @blueprint.delete("/time_entries")
 def delete() -> Response:
-    return _submit("delete")
+    return _submit(Operation.DELETE)
 
 
 @blueprint.patch("/time_entries/approve")
 def approve() -> Response:
-    return _submit("approve")
+    return _submit(Operation.APPROVE)
 
 
 @blueprint.patch("/time_entries/unapprove")
 def unapprove() -> Response:
-    return _submit("unapprove")
+    return _submit(Operation.UNAPPROVE)

@@ -13,11 +13,18 @@ from api.auth import principal
 from api.context import db, services
 from api.listing import list_query, one_of, page_response
 from api.negotiation import preferred_wait, require_acceptable
-from shared.jobs import cancel_job, find_job, unknown_job
-from shared.jsonapi import CONTENT_TYPE, ApiError, encode
-from shared.models import FINISHED_STATUSES, JOB_STATUSES, OPERATIONS, Job
-from shared.notify import finish_listener
-from shared.queries import JOB_SORTS, jobs_page
+from shared.jobs.submit import cancel_job, find_job, unknown_job
+from shared.jsonapi.errors import CONTENT_TYPE, ApiError, encode
+from shared.store.models import (
+    ENDED_STATUSES,
+    FINISHED_STATUSES,
+    UNFINISHED_STATUSES,
+    Job,
+    JobStatus,
+    Operation,
+)
+from shared.store.notify import finish_listener
+from shared.store.queries import JOB_SORTS, jobs_page
 
 blueprint = Blueprint("jobs", __name__)
 
@@ -63,7 +70,7 @@ def job_response(job: Job, status: int = 200) -> Response:
     if status == 202:
         response.headers["Location"] = location
     response.headers["Content-Location"] = location
-    if job.status in ("queued", "running"):
+    if job.status in UNFINISHED_STATUSES:
         response.headers["Retry-After"] = str(services().settings.retry_after)
     return response
 
@@ -99,16 +106,12 @@ def result_response(job: Job) -> Response:
     return response
 
 
-def _done(job: Job) -> bool:
-    return job.status in FINISHED_STATUSES or job.status == "canceled"
-
-
 def wait_for(job: Job, seconds: int) -> Job:
     """Wait until the job finishes or `seconds` pass; returns the freshest row.
 
     Wakes on the worker's notification; re-reads at least every second in case one is missed.
     """
-    if _done(job) or seconds <= 0:
+    if job.status in ENDED_STATUSES or seconds <= 0:
         return job
     deadline = time.monotonic() + seconds
     session = db()
@@ -119,7 +122,7 @@ def wait_for(job: Job, seconds: int) -> Job:
             session.commit()
             session.refresh(job)
             remaining = deadline - time.monotonic()
-            if _done(job) or remaining <= 0:
+            if job.status in ENDED_STATUSES or remaining <= 0:
                 return job
             wait(job_id, min(remaining, 1.0))
 
@@ -142,7 +145,7 @@ def _job_or_404(job_id: str) -> Job:
     return job
 
 
-JOB_FILTERS = {"status": one_of(JOB_STATUSES), "operation": one_of(OPERATIONS)}
+JOB_FILTERS = {"status": one_of(list(JobStatus)), "operation": one_of(list(Operation))}
 
 
 @blueprint.get("/jobs")
@@ -185,7 +188,7 @@ def result(job_id: str) -> Response:
     if job.status not in FINISHED_STATUSES:
         detail = (
             "the job was canceled and has no result"
-            if job.status == "canceled"
+            if job.status == JobStatus.CANCELED
             else f"the job is {job.status}; poll {url_for(SHOW, job_id=job_id)}"
         )
         raise ApiError.one(409, "Job not finished", detail)

@@ -6,7 +6,7 @@ from flask import Blueprint, Response
 
 from api.context import db, services
 from api.openapi import document_bytes
-from shared.metrics import CONTENT_TYPE, StateCollector, exposition
+from shared.ops.metrics import CONTENT_TYPE, StateCollector, exposition
 
 blueprint = Blueprint("meta", __name__)
 

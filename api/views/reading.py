@@ -26,10 +26,12 @@ from api.listing import (
     show_query,
 )
 from api.negotiation import require_acceptable
-from api.parsing import MAX_ID
-from shared.jsonapi import CONTENT_TYPE, ApiError, encode
-from shared.models import Person, Service, Task
-from shared.queries import (
+from shared.domain.limits import parse_id
+from shared.jsonapi.errors import CONTENT_TYPE, ApiError, encode
+from shared.jsonapi.render import EntryRenderer, format_timestamp
+from shared.store.columns import REFERENCE_NAMED, REFERENCES
+from shared.store.models import Person, Service, Task
+from shared.store.queries import (
     ENTRY_SORTS,
     ENTRY_STATUSES,
     Directory,
@@ -41,7 +43,6 @@ from shared.queries import (
     find_entry,
     time_zone,
 )
-from shared.render import EntryRenderer, format_timestamp
 
 blueprint = Blueprint("reading", __name__)
 
@@ -55,8 +56,8 @@ ENTRY_FILTERS: dict[str, Parser] = {
     "status": one_of(ENTRY_STATUSES),
 }
 ENTRY_DEFAULT_SORT = "-date"
-# What an entry can include: the resource type and the entry's column naming it.
-ENTRY_INCLUDES = {"person": "person_id", "service": "service_id", "task": "task_id"}
+# What an entry can include: the resources it references.
+ENTRY_INCLUDES = tuple(reference.name for reference in REFERENCES)
 NOT_INCLUDED = {"meta": {"included": False}}
 
 
@@ -108,18 +109,12 @@ class DirectoryRenderer:
 
 
 Render = Callable[[DirectoryRenderer, Any], dict[str, Any]]
-# Per kind: its model, its JSON:API type, how it renders and which filters it takes.
-KINDS: dict[str, tuple[Directory, str, Render, dict[str, Parser]]] = {
-    "person": (Person, "people", DirectoryRenderer.person, {"id": ids}),
-    "service": (Service, "services", DirectoryRenderer.service, {"id": ids}),
-    "task": (Task, "tasks", DirectoryRenderer.task, {"id": ids, "service_id": ids}),
+# Per kind of referenced resource: its model, how it renders and which filters it takes.
+KINDS: dict[str, tuple[Directory, Render, dict[str, Parser]]] = {
+    "person": (Person, DirectoryRenderer.person, {"id": ids}),
+    "service": (Service, DirectoryRenderer.service, {"id": ids}),
+    "task": (Task, DirectoryRenderer.task, {"id": ids, "service_id": ids}),
 }
-
-
-def _id(value: str) -> int | None:
-    if value.isascii() and value.isdigit() and len(value) < 20 and 0 < int(value) <= MAX_ID:
-        return int(value)
-    return None
 
 
 def _not_found(kind: str, value: str) -> ApiError:
@@ -137,8 +132,8 @@ def _related(
     for name in ENTRY_INCLUDES:
         if name not in include:
             continue
-        model, _, render, _ = KINDS[name]
-        column = ENTRY_INCLUDES[name]
+        model, render, _ = KINDS[name]
+        column = REFERENCE_NAMED[name].column
         found[name] = directory_by_id(
             db(), model, organization_id, (row._mapping[column] for row in rows)
         )
@@ -159,10 +154,11 @@ def _entries(
         # A copy: the renderer shares one relationships object among its resources.
         relationships = dict(resource["relationships"])
         for name, related in found.items():
-            related_id = row._mapping[ENTRY_INCLUDES[name]]
+            reference = REFERENCE_NAMED[name]
+            related_id = row._mapping[reference.column]
             linkage = None
             if related_id in related:
-                linkage = {"type": KINDS[name][1], "id": str(related_id)}
+                linkage = {"type": reference.type, "id": str(related_id)}
             relationships[name] = {"data": linkage}
         resource["relationships"] = relationships
     return data, included
@@ -176,7 +172,7 @@ def list_entries() -> Response:
         filters=ENTRY_FILTERS,
         sorts=tuple(ENTRY_SORTS),
         default_sort=ENTRY_DEFAULT_SORT,
-        includes=tuple(ENTRY_INCLUDES),
+        includes=ENTRY_INCLUDES,
     )
     organization_id = principal().organization_id
     page = entries_page(
@@ -189,9 +185,9 @@ def list_entries() -> Response:
 @blueprint.get("/time_entries/<id>")
 def show_entry(id: str) -> Response:
     require_acceptable(request)
-    include = show_query(request.args, includes=tuple(ENTRY_INCLUDES))
+    include = show_query(request.args, includes=ENTRY_INCLUDES)
     organization_id = principal().organization_id
-    entry_id = _id(id)
+    entry_id = parse_id(id)
     row = None if entry_id is None else find_entry(db(), organization_id, entry_id)
     if row is None:
         raise _not_found("time entry", id)
@@ -205,7 +201,7 @@ def show_entry(id: str) -> Response:
 
 def _list_directory(kind: str) -> Response:
     require_acceptable(request)
-    model, _, render, filters = KINDS[kind]
+    model, render, filters = KINDS[kind]
     query = list_query(request.args, filters=filters, sorts=("id",), default_sort="id")
     organization_id = principal().organization_id
     session = db()
@@ -219,11 +215,11 @@ def _list_directory(kind: str) -> Response:
 
 def _show_directory(kind: str, value: str) -> Response:
     require_acceptable(request)
-    model, _, render, _ = KINDS[kind]
+    model, render, _ = KINDS[kind]
     show_query(request.args)
     organization_id = principal().organization_id
     session = db()
-    wanted = _id(value)
+    wanted = parse_id(value)
     found = None
     if wanted is not None:
         found = directory_by_id(session, model, organization_id, [wanted]).get(wanted)

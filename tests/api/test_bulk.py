@@ -11,9 +11,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
-from shared import documents
-from shared.models import Job
+from shared.domain import documents
 from shared.settings import Settings
+from shared.store.models import Job
 from tests.checked_client import CheckedClient
 from tests.conftest import BULK
 from tests.factories import create_resource as entry
@@ -171,7 +171,7 @@ def test_unicode_notes_are_kept(client: FlaskClient, auth: Any, session: Session
 
 
 def test_database_down_is_503(settings: Settings, auth: Any) -> None:
-    from shared.db import make_engine, make_session_factory
+    from shared.store.engine import make_engine, make_session_factory
 
     down = dataclasses.replace(settings, database_url="postgresql+psycopg://nobody@127.0.0.1:9/x")
     engine = make_engine(down)

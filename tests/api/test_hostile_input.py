@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.models import Job, TimeEntry
+from shared.store.models import Job, TimeEntry
 from tests.conftest import BULK
 
 EXAMPLES = 1000

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, event
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
-from shared.models import Job
+from shared.store.models import Job
 from tests.conftest import BULK
 from tests.factories import create_resource
 

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from flask.testing import FlaskClient
 
-from shared import logs
+from shared.ops import logs
 from tests.conftest import BULK
 
 
@@ -173,5 +173,5 @@ def test_the_handler_writes_to_the_stderr_of_the_moment(monkeypatch: pytest.Monk
 
 def test_the_web_app_logs_its_own_info_and_only_warnings_of_libraries(app: Any) -> None:
     assert logging.getLogger("timebatch.request").getEffectiveLevel() == logging.INFO
-    assert logging.getLogger("shared.metrics").getEffectiveLevel() == logging.INFO
+    assert logging.getLogger("shared.ops.metrics").getEffectiveLevel() == logging.INFO
     assert logging.getLogger("alembic.runtime").getEffectiveLevel() == logging.WARNING

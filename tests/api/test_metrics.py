@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
-from shared.queue import create_celery, publish_job
+from shared.jobs.queue import create_celery, publish_job
 from shared.settings import Settings
 from tests.checked_client import CheckedClient
 from tests.conftest import BULK

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
 from api.openapi import document
-from shared.models import Job
+from shared.store.models import Job
 from tests.conftest import BULK
 from tests.factories import create_resource as entry
 

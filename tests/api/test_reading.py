@@ -14,7 +14,8 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
-from shared.render import ATTRIBUTES, RELATIONSHIPS
+from shared.jsonapi.render import RELATIONSHIPS
+from shared.store.columns import ATTRIBUTES
 from tests.factories import Factories
 
 NOT_INCLUDED = {"meta": {"included": False}}

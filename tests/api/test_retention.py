@@ -11,8 +11,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from shared.models import Job
-from shared.retention import purge_expired_jobs
+from shared.jobs.retention import purge_expired_jobs
+from shared.store.models import Job
 from tests.conftest import BULK
 
 RESULT = orjson.dumps({"data": [], "meta": {}})

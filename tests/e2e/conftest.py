@@ -19,10 +19,10 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from api import create_app
-from shared import migrate
-from shared.db import make_engine, make_session_factory
-from shared.demo import load_demo
+from shared.cli.demo import load_demo
 from shared.settings import Settings
+from shared.store import migrate
+from shared.store.engine import make_engine, make_session_factory
 from tests.checked_client import CheckedClient
 from tests.conftest import _drop, _recreate_database, _settings, token_for
 from tests.jobclient import JobClient

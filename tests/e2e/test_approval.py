@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from shared.models import ApprovalStatus, TimeEntry
+from shared.store.models import ApprovalStatus, TimeEntry
 from tests.e2e.test_pipeline import create_doc
 from tests.jobclient import JobClient
 

@@ -23,9 +23,9 @@ from sqlalchemy.orm import Session
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from api import create_app
-from shared.db import make_session_factory
-from shared.models import Job, TimeEntry
 from shared.settings import Settings
+from shared.store.engine import make_session_factory
+from shared.store.models import Job, TimeEntry
 from tests.e2e.conftest import WorkerProcess
 
 pytestmark = pytest.mark.e2e

@@ -18,15 +18,16 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from api import create_app
-from shared.db import make_session_factory
-from shared.models import Job, TimeEntry
-from shared.queue import PROCESS_JOB
+from shared.jobs.queue import PROCESS_JOB
+from shared.jobs.sweeper import recover_jobs
 from shared.settings import Settings
+from shared.store.engine import make_session_factory
+from shared.store.models import Job, TimeEntry
 from tests.checked_client import CheckedClient
 from tests.e2e.conftest import WorkerProcess
 from tests.e2e.test_pipeline import create_doc, entry_count
 from tests.jobclient import JobClient
-from worker.app import create_worker_app, recover_jobs
+from worker.app import create_worker_app
 
 pytestmark = pytest.mark.e2e
 
@@ -313,7 +314,7 @@ def test_eight_concurrent_clients_with_overlapping_batches(
 def test_job_that_keeps_failing_is_given_up_with_a_clear_error(
     fault_client: JobClient, e2e_auth: Any, e2e_db: Engine, fault_settings: Settings
 ) -> None:
-    from shared.jobs import run_job
+    from shared.jobs.runner import run_job
 
     headers = e2e_auth(7781)
     before = entry_count(e2e_db)

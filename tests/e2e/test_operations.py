@@ -24,19 +24,20 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from api import create_app
-from shared import supervisor
-from shared.cli import main
-from shared.db import make_session_factory
-from shared.jobs import submit_job
-from shared.models import Job
-from shared.queue import PROCESS_JOB, PURGE_JOBS, SWEEP_JOBS, create_celery
+from shared.cli.commands import main
+from shared.devstack import supervisor
+from shared.domain.tokens import Principal
+from shared.jobs.queue import PROCESS_JOB, PURGE_JOBS, SWEEP_JOBS, create_celery
+from shared.jobs.sweeper import recover_jobs
 from shared.settings import Settings
-from shared.tokens import Principal
+from shared.store.engine import make_session_factory
+from shared.store.models import Job
 from tests.checked_client import CheckedClient
 from tests.e2e.conftest import WorkerProcess
+from tests.factories import queue_job, reference
 from tests.jobclient import JobClient
 from tests.scraping import Samples, scrape, value
-from worker.app import create_worker_app, recover_jobs
+from worker.app import create_worker_app
 
 pytestmark = pytest.mark.e2e
 
@@ -174,7 +175,7 @@ def test_sweeper_republishes_are_counted(
 ) -> None:
     settings = dataclasses.replace(ops_settings, queue=f"{ops_settings.queue}-sweep")
     with Session(e2e_db) as session:
-        job, _ = submit_job(session, MEMBER, "delete", [{"id": 223}], {})
+        job = queue_job(session, MEMBER, "delete", [reference(223)])
         session.execute(
             update(Job)
             .where(Job.id == job.id)
@@ -195,7 +196,7 @@ def test_sweeper_republishes_are_counted(
 def expired_job(engine: Engine) -> str:
     """A job that succeeded 30 days ago, its result still stored."""
     with Session(engine) as session:
-        job, _ = submit_job(session, MEMBER, "delete", [{"id": 224}], {})
+        job = queue_job(session, MEMBER, "delete", [reference(224)])
         long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
         session.execute(
             update(Job)

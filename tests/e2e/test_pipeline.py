@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
-from shared.models import Job, TimeEntry
-from shared.queue import PROCESS_JOB, create_celery
+from shared.jobs.queue import PROCESS_JOB, create_celery
 from shared.settings import Settings
+from shared.store.models import Job, TimeEntry
 from tests.e2e.conftest import WorkerProcess
 from tests.jobclient import JobClient
 from tests.spec_examples import examples
@@ -334,8 +334,9 @@ def test_job_accepted_while_the_broker_is_down_is_recovered_by_the_sweeper(
     import dataclasses
 
     from api import create_app
-    from shared.db import make_session_factory
-    from worker.app import create_worker_app, recover_jobs
+    from shared.jobs.sweeper import recover_jobs
+    from shared.store.engine import make_session_factory
+    from worker.app import create_worker_app
 
     down = dataclasses.replace(e2e_settings, broker_url="redis://127.0.0.1:9/0")
     client = create_app(down, sessions=make_session_factory(e2e_db)).test_client()

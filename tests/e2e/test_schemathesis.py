@@ -35,17 +35,18 @@ from sqlalchemy.orm import Session
 
 from api import create_app
 from api.openapi import document
-from api.parsing import parse_bulk
-from shared.db import make_session_factory
-from shared.demo import load_demo
-from shared.jobs import cancel_job, run_job, submit_job
-from shared.models import Job
-from shared.retention import purge_expired_jobs
+from shared.cli.demo import load_demo
+from shared.domain.tokens import Principal
+from shared.jobs.retention import purge_expired_jobs
+from shared.jobs.runner import run_job
+from shared.jobs.submit import cancel_job
 from shared.settings import Settings
-from shared.tokens import Principal
+from shared.store.engine import make_session_factory
+from shared.store.models import Job
 from tests.checked_client import NOT_JSONAPI, VALIDATED, check_document
 from tests.conftest import token_for
 from tests.e2e.conftest import TABLES
+from tests.factories import queue_job
 
 MAX_EXAMPLES = 25
 CHECKS = [
@@ -90,9 +91,7 @@ def report(pytestconfig: pytest.Config) -> None:
 
 
 def _job(session: Session, operation: str, data: list[dict[str, Any]]) -> Job:
-    items = parse_bulk({"data": data}, operation, max_batch=100)
-    job, _ = submit_job(session, ADMIN, operation, items, {})
-    return job
+    return queue_job(session, ADMIN, operation, data)
 
 
 def _entry(note: str) -> dict[str, Any]:

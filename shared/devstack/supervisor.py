@@ -1,0 +1,423 @@
+"""Run the timebatch stack (web, worker, beat, flower) in the foreground, like honcho.
+
+The commands are defined once, in :data:`PROCESSES`; the Procfile and docker-compose.yml
+spell the same argument lists with environment variables (see :data:`SETTINGS_ENV`).
+
+Each process runs in its own process group with ``settings.child_env()`` (less
+what :data:`UNSET_ENV` names for it) and its output is copied line by line with the process
+name in front. On SIGINT, SIGTERM or SIGHUP,
+or as soon as any process exits on its own, every process group gets SIGTERM; whatever is
+left after :data:`STOP_TIMEOUT` seconds gets SIGKILL. :func:`run_stack` returns only when no
+process of the stack is left, grandchildren included (celery's prefork pool, gunicorn's
+workers). A second signal while stopping skips the grace period.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import string
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import psutil
+
+from shared.ops.metrics import prepare_directory
+from shared.settings import Settings, SettingsError
+
+# Argument templates; "{field}" is a Settings attribute listed in SETTINGS_ENV.
+PROCESSES: dict[str, list[str]] = {
+    "web": [
+        "gunicorn",
+        "--bind",
+        "0.0.0.0:{port}",
+        "--workers",
+        "{web_concurrency}",
+        "--worker-class",
+        "gthread",
+        "--threads",
+        "8",
+        "--timeout",
+        "120",
+        "--config",
+        "python:api.gunicorn_config",
+        "api.wsgi:app",
+    ],
+    "worker": [
+        "celery",
+        "-A",
+        "worker.main",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        "{worker_concurrency}",
+        "--queues",
+        "{queue}",
+    ],
+    "beat": [
+        "celery",
+        "-A",
+        "worker.main",
+        "beat",
+        "--loglevel",
+        "INFO",
+        "--schedule",
+        "{data_dir}/celerybeat-schedule",
+    ],
+    "flower": [
+        "celery",
+        "-A",
+        "worker.main",
+        "flower",
+        "--port={flower_port}",
+        "--basic-auth={flower_basic_auth}",  # see with_flower_auth
+    ],
+}
+# Environment variables a process must not inherit: Flower keeps its own metrics in memory
+# (its /metrics), and must not write them among the web's and worker's multiprocess files.
+UNSET_ENV: dict[str, tuple[str, ...]] = {"flower": ("PROMETHEUS_MULTIPROC_DIR",)}
+
+# Template field -> the environment variable that carries it (Settings.as_env()).
+SETTINGS_ENV: dict[str, str] = {
+    "port": "TIMEBATCH_PORT",
+    "web_concurrency": "WEB_CONCURRENCY",
+    "worker_concurrency": "WORKER_CONCURRENCY",
+    "queue": "TIMEBATCH_QUEUE",
+    "data_dir": "TIMEBATCH_DATA_DIR",
+    "flower_port": "FLOWER_PORT",
+    "flower_basic_auth": "FLOWER_BASIC_AUTH",
+}
+
+STOP_TIMEOUT = 15.0
+KILL_TIMEOUT = 5.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_POLL = 0.1
+_SNAPSHOT_EVERY = 1.0
+_COLOURS = (36, 33, 32, 35, 34, 31)
+
+
+def template_fields(argument: str) -> list[str]:
+    """The "{field}" names used in one template argument."""
+    return [name for _, name, _, _ in string.Formatter().parse(argument) if name]
+
+
+def render(template: Sequence[str], values: Mapping[str, object]) -> list[str]:
+    """Fill a template's fields; an argument with a field whose value is None is dropped."""
+    argv: list[str] = []
+    for argument in template:
+        names = template_fields(argument)
+        if any(values[name] is None for name in names):
+            continue
+        argv.append(argument.format_map({name: str(values[name]) for name in names}))
+    return argv
+
+
+def stack_commands(settings: Settings) -> dict[str, list[str]]:
+    """The argv of every process of the stack, executables resolved (see :func:`executable`)."""
+    values = {name: getattr(settings, name) for name in SETTINGS_ENV}
+    commands: dict[str, list[str]] = {}
+    for name, template in PROCESSES.items():
+        argv = render(template, values)
+        commands[name] = [executable(argv[0]), *argv[1:]]
+    return commands
+
+
+def executable(program: str) -> str:
+    """program from the directory of sys.executable (the venv's bin), else from PATH.
+
+    So .venv/bin/timebatch works without an activated venv.
+    """
+    if os.sep in program:
+        return program
+    candidate = Path(sys.executable).parent / program
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    return shutil.which(program) or program
+
+
+def with_flower_auth(settings: Settings, *, embedded: bool) -> Settings:
+    """Flower never runs open: the embedded default makes up a password, production needs one."""
+    if settings.flower_basic_auth is not None:
+        return settings
+    if not embedded:
+        raise SettingsError(
+            "FLOWER_BASIC_AUTH is not set: Flower refuses to start without basic auth"
+            " (user:password) outside the embedded default"
+        )
+    password = secrets.token_urlsafe(12)
+    return dataclasses.replace(settings, flower_basic_auth=f"admin:{password}")
+
+
+def with_metrics_dir(settings: Settings) -> Settings:
+    """PROMETHEUS_MULTIPROC_DIR, <data_dir>/metrics unless set: web and worker share it."""
+    if settings.metrics_dir is not None:
+        return settings
+    return dataclasses.replace(settings, metrics_dir=settings.data_dir / "metrics")
+
+
+def child_env(name: str, env: Mapping[str, str]) -> dict[str, str]:
+    """The environment of one process of the stack."""
+    unset = UNSET_ENV.get(name, ())
+    return {key: value for key, value in env.items() if key not in unset}
+
+
+def run_stack(settings: Settings) -> int:
+    """Run the stack in the foreground until a signal arrives or a process exits.
+
+    Returns 0 after a stop by signal, else the exit status of the process that exited on
+    its own (1 if that was 0; 128+N for a death by signal N), or 127 if a process could
+    not be started. Must be called from the main thread (it installs signal handlers).
+    Settings must carry both URLs (see shared.devstack.embedded.embedded_settings).
+    """
+    env = settings.child_env()
+    env.setdefault("PYTHONUNBUFFERED", "1")  # lines through our pipes as they are printed
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule there
+    if settings.metrics_dir is not None:
+        # Counters start from zero with the stack; files of an earlier run would be summed.
+        prepare_directory(settings.metrics_dir, clear=True)
+    commands = stack_commands(settings)
+    return _Stack(commands, {name: child_env(name, env) for name in commands}).run()
+
+
+@dataclass
+class _Child:
+    name: str
+    argv: list[str]
+    popen: subprocess.Popen[bytes]
+    reader: threading.Thread
+    returncode: int | None = None
+
+
+@dataclass
+class _Stack:
+    commands: dict[str, list[str]]
+    envs: dict[str, dict[str, str]]
+    children: list[_Child] = field(default_factory=list)
+    descendants: dict[int, Any] = field(default_factory=dict)  # pid -> psutil.Process
+    signals: int = 0
+    failure: int | None = None
+    _output_lock: threading.Lock = field(default_factory=threading.Lock)
+    _width: int = 0
+    _colour: bool = False
+
+    def run(self) -> int:
+        self._width = max([len(name) for name in self.commands] + [len("system")])
+        self._colour = _isatty(sys.stdout)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        try:
+            try:
+                self._start_all()
+                self._supervise()
+            finally:
+                self._shutdown()  # whatever happened, leave no process behind
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self.failure if self.failure is not None else 0
+
+    # ------------------------------------------------------------------------- running
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only set flags here: the main loop notices within _POLL seconds.
+        self.signals += 1
+
+    def _start_all(self) -> None:
+        for index, (name, argv) in enumerate(self.commands.items()):
+            if self.signals:
+                return
+            try:
+                popen = subprocess.Popen(
+                    argv,
+                    env=self.envs[name],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    process_group=0,  # its own group: the whole tree can be signalled
+                    close_fds=True,
+                )
+            except OSError as exc:
+                self._say(f"cannot start {name}: {exc}")
+                self.failure = 127
+                return
+            assert popen.stdout is not None
+            reader = threading.Thread(
+                target=self._copy_output,
+                args=(name, index, popen.stdout),
+                name=f"output-{name}",
+                daemon=True,
+            )
+            reader.start()
+            self.children.append(_Child(name, argv, popen, reader))
+            self._say(f"{name} started (pid {popen.pid}): {_display(argv)}")
+
+    def _supervise(self) -> None:
+        next_snapshot = 0.0
+        while not self.signals and self.failure is None:
+            for child in self.children:
+                if self._reap(child) is not None:
+                    self._say(f"{child.name} exited on its own ({_describe(child.returncode)})")
+                    self.failure = _exit_status(child.returncode)
+                    return
+            if time.monotonic() >= next_snapshot:
+                self._snapshot()
+                next_snapshot = time.monotonic() + _SNAPSHOT_EVERY
+            time.sleep(_POLL)
+        if self.signals:
+            self._say("stop requested")
+
+    # ------------------------------------------------------------------------ stopping
+
+    def _shutdown(self) -> None:
+        self._snapshot()
+        signals_before = self.signals
+        self._signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while self._leftovers():
+            if time.monotonic() > deadline or self.signals > signals_before:
+                break
+            time.sleep(_POLL)
+        leftovers = self._leftovers()
+        if leftovers:
+            pids = ", ".join(str(proc.pid) for proc in leftovers)
+            self._say(f"killing what did not stop (pids {pids})")
+            self._signal_all(signal.SIGKILL)
+            deadline = time.monotonic() + KILL_TIMEOUT
+            while self._leftovers() and time.monotonic() < deadline:
+                time.sleep(_POLL)
+        for child in self.children:
+            with suppress(subprocess.TimeoutExpired):
+                child.popen.wait(timeout=KILL_TIMEOUT)
+            self._reap(child)
+            if child.returncode is not None:
+                self._say(f"{child.name} stopped ({_describe(child.returncode)})")
+        for child in self.children:
+            child.reader.join(timeout=2)
+            if child.popen.stdout is not None:
+                child.popen.stdout.close()
+
+    def _reap(self, child: _Child) -> int | None:
+        if child.returncode is None:
+            child.returncode = child.popen.poll()
+        return child.returncode
+
+    def _snapshot(self) -> None:
+        """Remember our children's descendants, to find any that leave their process group."""
+        for child in self.children:
+            if child.returncode is not None:
+                continue
+            with suppress(psutil.Error):
+                for proc in psutil.Process(child.popen.pid).children(recursive=True):
+                    self.descendants.setdefault(proc.pid, proc)
+
+    def _groups(self) -> set[int]:
+        return {child.popen.pid for child in self.children}
+
+    def _signal_all(self, sig: int) -> None:
+        groups = self._groups()
+        for pgid in groups:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+        for proc in self.descendants.values():
+            if _alive(proc) and _pgid(proc.pid) not in groups:
+                with suppress(psutil.Error):
+                    proc.send_signal(sig)
+
+    def _leftovers(self) -> list[Any]:
+        """Live processes of the stack: our children's groups and remembered descendants."""
+        for child in self.children:
+            self._reap(child)  # an exited child stays a zombie until reaped
+        groups = self._groups()
+        found: dict[int, Any] = {}
+        for proc in psutil.process_iter():
+            if _pgid(proc.pid) in groups:
+                found[proc.pid] = proc
+        for pid, proc in self.descendants.items():
+            found.setdefault(pid, proc)
+        return [proc for proc in found.values() if _alive(proc)]
+
+    # -------------------------------------------------------------------------- output
+
+    def _prefix(self, name: str, index: int) -> str:
+        label = f"{name:<{self._width}} |"
+        if self._colour:
+            return f"\033[{_COLOURS[index % len(_COLOURS)]}m{label}\033[0m "
+        return f"{label} "
+
+    def _write(self, text: str) -> None:
+        # The readers must keep draining their pipes even when our stdout is gone.
+        with self._output_lock, suppress(OSError, ValueError):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    def _say(self, message: str) -> None:
+        self._write(f"{self._prefix('system', len(self.commands))}{message}\n")
+
+    def _copy_output(self, name: str, index: int, pipe: IO[bytes]) -> None:
+        prefix = self._prefix(name, index)
+        with suppress(OSError, ValueError):
+            for raw in iter(pipe.readline, b""):
+                line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                self._write(f"{prefix}{line}\n")
+
+
+def _display(argv: list[str]) -> str:
+    """argv for the log, without flower's passwords."""
+    shown = [
+        "--basic-auth=***" if argument.startswith("--basic-auth=") else argument
+        for argument in argv
+    ]
+    return shlex.join(shown)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _alive(proc: Any) -> bool:
+    try:
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _describe(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def _exit_status(returncode: int | None) -> int:
+    """The non-zero status run_stack returns when a process exited on its own."""
+    if returncode is None or returncode == 0:
+        return 1
+    if returncode < 0:
+        return 128 - returncode
+    return returncode

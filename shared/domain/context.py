@@ -1,0 +1,110 @@
+"""What a batch is checked against: the organization, its currencies, the caller, and lookups.
+
+Every lookup is scoped to one organization here, so an id of another organization is
+indistinguishable from a missing one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, TypeVar
+
+from sqlalchemy import Row, select
+from sqlalchemy.orm import Session
+
+from shared.domain.costs import CurrencyBook
+from shared.jsonapi.render import EntryRenderer
+from shared.store.models import ExchangeRate, Organization, Person, Service, Task, TimeEntry
+from shared.store.queries import ENTRY_COLUMNS
+
+# Told how many items of the batch are written so far.
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class BatchContext:
+    organization: Organization
+    caller: Person
+    book: CurrencyBook
+    now: dt.datetime
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def organization_id(self) -> int:
+        return self.organization.id
+
+    def renderer(self) -> EntryRenderer:
+        return EntryRenderer(self.organization.id, self.organization.time_zone)
+
+
+def load_context(
+    session: Session,
+    organization_id: int,
+    person_id: int,
+    options: Mapping[str, Any] | None = None,
+) -> BatchContext:
+    organization = session.get_one(Organization, organization_id)
+    caller = session.scalars(
+        select(Person).where(Person.organization_id == organization_id, Person.id == person_id)
+    ).one()
+    rates = {
+        currency: Fraction(rate)
+        for currency, rate in session.execute(
+            select(ExchangeRate.currency, ExchangeRate.rate).where(
+                ExchangeRate.organization_id == organization_id
+            )
+        )
+    }
+    book = CurrencyBook(organization.default_currency, organization.reporting_currency, rates)
+    now = dt.datetime.now(dt.UTC)
+    return BatchContext(
+        organization=organization, caller=caller, book=book, now=now, options=options or {}
+    )
+
+
+Referenced = TypeVar("Referenced", Person, Service, Task)
+
+
+def referenced_by_id(
+    session: Session, ctx: BatchContext, model: type[Referenced], ids: Collection[int]
+) -> dict[int, Referenced]:
+    """The organization's rows of `model` with these ids, in one query.
+
+    They are locked FOR KEY SHARE: they cannot be deleted or re-keyed until the batch
+    commits, which is what a foreign key would guarantee row by row.
+    """
+    if not ids:
+        return {}
+    found = session.scalars(
+        select(model)
+        .where(model.organization_id == ctx.organization_id, model.id.in_(ids))
+        .with_for_update(key_share=True)
+    )
+    return {row.id: row for row in found}
+
+
+# A locked entry is also what an update starts from: the columns it writes back.
+LOCKED_COLUMNS = (
+    *ENTRY_COLUMNS,
+    TimeEntry.approver_id,
+    TimeEntry.updater_id,
+    TimeEntry.last_actor_id,
+)
+
+
+def lock_entries(session: Session, ctx: BatchContext, ids: Collection[int]) -> dict[int, Row[Any]]:
+    """The organization's entries with these ids, row-locked.
+
+    Locks are taken in id order so that jobs over overlapping entries queue up instead of
+    deadlocking.
+    """
+    rows = session.execute(
+        select(*LOCKED_COLUMNS)
+        .where(TimeEntry.organization_id == ctx.organization_id, TimeEntry.id.in_(ids))
+        .order_by(TimeEntry.id)
+        .with_for_update()
+    ).all()
+    return {row.id: row for row in rows}

@@ -1,0 +1,324 @@
+"""Create, update and delete time entries in bulk: validate everything, then write set-based.
+
+Domain functions take a session and never commit: the job runner owns the transaction.
+Each raises ApiError with every problem found, or returns the rows written, in batch order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, text
+from sqlalchemy.orm import Session
+
+from shared.domain.approval import add_pending_statuses, approve_all_people, required_approvers
+from shared.domain.context import BatchContext, Progress, lock_entries, referenced_by_id
+from shared.domain.costs import MissingExchangeRate, entry_costs
+from shared.domain.documents import Item
+from shared.domain.locks import edit_refusal
+from shared.domain.problems import forbidden_for, not_found, pointer
+from shared.jsonapi.errors import ApiError, Problem
+from shared.store.columns import COST_COLUMNS
+from shared.store.models import Person, Service, Task, TimeEntry
+from shared.store.pgcopy import copy_rows, next_ids, scratch_table
+
+CHUNK = 1000
+
+
+def may_edit_time_of(caller: Person, person_id: int) -> bool:
+    return caller.id == person_id or caller.can_manage_time
+
+
+Columns = tuple[tuple[str, str], ...]
+
+UPDATABLE: Columns = (
+    ("date", "date"),
+    ("time", "integer"),
+    ("note", "text"),
+    ("person_id", "bigint"),
+    ("service_id", "bigint"),
+    ("task_id", "bigint"),
+    ("billable_time", "integer"),
+    ("currency", "text"),
+    ("currency_default", "text"),
+    ("currency_normalized", "text"),
+    *((name, "bigint") for name in COST_COLUMNS),
+    ("updated_at", "timestamptz"),
+    ("updater_id", "bigint"),
+    ("last_actor_id", "bigint"),
+)
+INSERTABLE: Columns = (
+    *UPDATABLE,
+    ("organization_id", "bigint"),
+    ("creator_id", "bigint"),
+    ("created_at", "timestamptz"),
+    ("last_activity_at", "timestamptz"),
+)
+
+
+# What a new entry holds in the columns a create does not set: the table's server defaults
+# (tests compare rendered results with the stored rows).
+CREATED_DEFAULTS: dict[str, Any] = {
+    "recognized_time": 0,
+    "track_method_id": 1,
+    "started_at": None,
+    "timer_started_at": None,
+    "timer_stopped_at": None,
+    "approved": False,
+    "approved_at": None,
+    "calendar_event_id": None,
+    "invoice_attribution_id": None,
+    "invoiced": False,
+    "overhead": True,
+    "rejected": False,
+    "rejected_reason": None,
+    "rejected_at": None,
+    "submitted": False,
+}
+_UPDATE_SQL = text(
+    "UPDATE time_entries AS t SET "
+    + ", ".join(f"{name} = v.{name}" for name, _ in UPDATABLE)
+    + " FROM time_entry_updates AS v WHERE t.id = v.id"
+)
+
+
+class _Refs:
+    """Everything a batch refers to, fetched with one query per kind."""
+
+    def __init__(self, session: Session, ctx: BatchContext, items: Sequence[Item]) -> None:
+        self.people = referenced_by_id(
+            session, ctx, Person, {i["person_id"] for i in items if "person_id" in i}
+        )
+        self.services = referenced_by_id(
+            session, ctx, Service, {i["service_id"] for i in items if "service_id" in i}
+        )
+        self.tasks = referenced_by_id(
+            session, ctx, Task, {i["task_id"] for i in items if i.get("task_id") is not None}
+        )
+        self.costs: dict[tuple[int, int, str], dict[str, int | str]] = {}
+
+
+def _derive(
+    ctx: BatchContext,
+    index: int,
+    values: dict[str, Any],
+    refs: _Refs,
+    problems: list[Problem],
+    *,
+    check_person: bool,
+) -> dict[str, Any] | None:
+    """Check the references of one merged entry; return the billable time and costs."""
+    person: Person | None = refs.people.get(values["person_id"])
+    service: Service | None = refs.services.get(values["service_id"])
+    task_id = values.get("task_id")
+    task: Task | None = refs.tasks.get(task_id) if task_id is not None else None
+    found = len(problems)
+    if person is None:
+        problems.append(not_found(index, "person_id", "person", values["person_id"]))
+    elif check_person and not may_edit_time_of(ctx.caller, person.id):
+        problems.append(forbidden_for(index, "person_id", person.id))
+    if service is None:
+        problems.append(not_found(index, "service_id", "service", values["service_id"]))
+    if task_id is not None:
+        if task is None:
+            problems.append(not_found(index, "task_id", "task", task_id))
+        elif service is not None and task.service_id not in (None, service.id):
+            problems.append(
+                Problem(
+                    422,
+                    "Invalid relationship",
+                    f"task {task_id} belongs to service {task.service_id}, not {service.id}",
+                    pointer=pointer(index, "task_id"),
+                )
+            )
+    if person is not None and (person.cost_rate is None or person.cost_rate_currency is None):
+        problems.append(
+            Problem(
+                422,
+                "Invalid relationship",
+                f"person {person.id} has no cost rate and cannot track time",
+                pointer=pointer(index, "person_id"),
+            )
+        )
+    if len(problems) > found or person is None or service is None:
+        return None
+    assert person.cost_rate is not None and person.cost_rate_currency is not None
+    org = ctx.organization
+    key = (values["time"], person.cost_rate, person.cost_rate_currency)
+    try:
+        # Batches repeat a few (time, rate) pairs many times; the exact arithmetic is costly.
+        costs = refs.costs.get(key)
+        if costs is None:
+            costs = refs.costs[key] = entry_costs(
+                values["time"],
+                person.cost_rate,
+                person.cost_rate_currency,
+                ctx.book,
+                internal_overhead_rate=org.internal_overhead_rate,
+                facility_overhead_rate=org.facility_overhead_rate,
+            )
+        costs = dict(costs)
+    except MissingExchangeRate as exc:
+        problems.append(
+            Problem(
+                422,
+                "Missing exchange rate",
+                f"the organization has no exchange rate for {exc.currency}",
+                pointer=pointer(index, "person_id"),
+            )
+        )
+        return None
+    costs["billable_time"] = values["time"] if service.billable else 0
+    return costs
+
+
+def create_entries(
+    session: Session, ctx: BatchContext, items: Sequence[Item], progress: Progress
+) -> list[dict[str, Any]]:
+    refs = _Refs(session, ctx, items)
+    problems: list[Problem] = []
+    rows: list[dict[str, Any]] = []
+    now = ctx.now
+    caller_id = ctx.caller.id
+    for index, item in enumerate(items):
+        values = {
+            "organization_id": ctx.organization_id,
+            "person_id": item["person_id"],
+            "service_id": item["service_id"],
+            "task_id": item.get("task_id"),
+            "date": dt.date.fromisoformat(item["date"]),
+            "time": item.get("time", 0),
+            "note": item.get("note"),
+            "creator_id": caller_id,
+            "updater_id": caller_id,
+            "last_actor_id": caller_id,
+            "created_at": now,
+            "updated_at": now,
+            "last_activity_at": now,
+        }
+        derived = _derive(ctx, index, values, refs, problems, check_person=True)
+        if derived is not None and not problems:
+            rows.append(values | derived)
+    if problems:
+        raise ApiError(problems)
+    if ctx.organization.approval_workflow:
+        fallback = approve_all_people(session, ctx)
+        approvers = [
+            required_approvers(
+                refs.people.get(r["person_id"]), refs.services.get(r["service_id"]), fallback
+            )
+            for r in rows
+        ]
+    ids = next_ids(session, "time_entries", len(rows))
+    names = ["id", *(name for name, _ in INSERTABLE)]
+    copy_rows(
+        session,
+        "time_entries",
+        names,
+        (
+            [entry_id, *(row[name] for name in names[1:])]
+            for entry_id, row in zip(ids, rows, strict=True)
+        ),
+        progress,
+    )
+    written = [
+        CREATED_DEFAULTS | row | {"id": entry_id} for entry_id, row in zip(ids, rows, strict=True)
+    ]
+    if ctx.organization.approval_workflow:
+        add_pending_statuses(session, {row["id"]: approvers[n] for n, row in enumerate(written)})
+    return written
+
+
+REPRICING_FIELDS = ("time", "person_id", "service_id")
+
+
+def _locked_entries(
+    session: Session, ctx: BatchContext, items: Sequence[Item], problems: list[Problem]
+) -> dict[int, Any]:
+    """Lock the named entries; report missing, foreign, locked and not-permitted ones."""
+    entries = lock_entries(session, ctx, [item["id"] for item in items])
+    for index, item in enumerate(items):
+        entry = entries.get(item["id"])
+        if entry is None:
+            problems.append(not_found(index, "id", "time entry", item["id"]))
+            continue
+        refusal = edit_refusal(entry, pointer(index, "id"))
+        if refusal is not None:
+            problems.append(refusal)
+        elif not may_edit_time_of(ctx.caller, entry.person_id):
+            problems.append(forbidden_for(index, "id", entry.person_id))
+    return entries
+
+
+def update_entries(
+    session: Session, ctx: BatchContext, items: Sequence[Item], progress: Progress
+) -> list[dict[str, Any]]:
+    problems: list[Problem] = []
+    entries = _locked_entries(session, ctx, items, problems)
+    merged_items = []
+    for item in items:
+        entry = entries.get(item["id"])
+        if entry is not None:
+            merged_items.append(
+                {
+                    "person_id": item.get("person_id", entry.person_id),
+                    "service_id": item.get("service_id", entry.service_id),
+                    "task_id": item.get("task_id", entry.task_id),
+                }
+            )
+    refs = _Refs(session, ctx, merged_items)
+    updates: list[dict[str, Any]] = []
+    caller_id = ctx.caller.id
+    for index, item in enumerate(items):
+        entry = entries.get(item["id"])
+        if entry is None:
+            continue
+        values: dict[str, Any] = {name: getattr(entry, name) for name, _ in UPDATABLE}
+        for field in ("date", "time", "note", "person_id", "service_id", "task_id"):
+            if field in item:
+                values[field] = item[field]
+        if isinstance(values["date"], str):
+            values["date"] = dt.date.fromisoformat(values["date"])
+        derived = _derive(ctx, index, values, refs, problems, check_person="person_id" in item)
+        # Without a change of time, person or service the stored prices stand.
+        if derived is not None and any(field in item for field in REPRICING_FIELDS):
+            values.update(derived)
+        values["id"] = entry.id
+        values["updated_at"] = ctx.now
+        values["updater_id"] = caller_id
+        values["last_actor_id"] = caller_id
+        updates.append(values)
+    if problems:
+        raise ApiError(problems)
+    names = [name for name, _ in UPDATABLE]
+    scratch_table(session, "time_entry_updates", "time_entries", names)
+    copy_rows(
+        session,
+        "time_entry_updates",
+        ["id", *names],
+        ([u["id"], *(u[name] for name in names)] for u in updates),
+        progress,
+    )
+    session.execute(_UPDATE_SQL)
+    # The stored rows are the locked ones with these values: render from memory.
+    return [dict(entries[u["id"]]._mapping) | u for u in updates]
+
+
+def delete_entries(
+    session: Session, ctx: BatchContext, items: Sequence[Item], progress: Progress
+) -> None:
+    problems: list[Problem] = []
+    _locked_entries(session, ctx, items, problems)
+    if problems:
+        raise ApiError(problems)
+    ids = [item["id"] for item in items]
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        session.execute(
+            delete(TimeEntry).where(
+                TimeEntry.organization_id == ctx.organization_id, TimeEntry.id.in_(chunk)
+            )
+        )
+        progress(start + len(chunk))

@@ -1,0 +1,26 @@
+"""The one place that says whether an entry may still be changed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.jsonapi.errors import Problem
+
+
+def edit_refusal(entry: Any, source: str) -> Problem | None:
+    """Why an entry may not be updated or deleted, or None when it may."""
+    if entry.invoiced:
+        return Problem(
+            409,
+            "Entry locked",
+            f"time entry {entry.id} is invoiced and cannot change",
+            pointer=source,
+        )
+    if entry.approved:
+        return Problem(
+            409,
+            "Entry locked",
+            f"time entry {entry.id} is approved: unapprove first",
+            pointer=source,
+        )
+    return None

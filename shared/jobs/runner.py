@@ -1,0 +1,246 @@
+"""The worker side of a job's life: apply it once, report progress, keep its heartbeat.
+
+A job's effect and its `succeeded` (or `failed`) mark commit in one transaction, guarded
+by a transaction-level advisory lock on the job id, so a redelivered or duplicated task
+message finds the job finished and does nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Engine, func, text, update
+from sqlalchemy.orm import Session
+
+from shared.domain import documents
+from shared.domain.approval import approve_entries, unapprove_entries
+from shared.domain.context import BatchContext, Progress, load_context
+from shared.domain.documents import Item
+from shared.domain.entries import create_entries, delete_entries, update_entries
+from shared.jsonapi.errors import ApiError
+from shared.jsonapi.render import gzip_document
+from shared.store.models import UNFINISHED_STATUSES, Job, JobStatus, Operation
+from shared.store.notify import notify_finished
+
+Apply = Callable[
+    [Session, BatchContext, Sequence[Item], Progress], Sequence[Mapping[Any, Any]] | None
+]
+
+# Each operation's domain function and the HTTP status of its success.
+APPLY: dict[Operation, tuple[Apply, int]] = {
+    Operation.CREATE: (create_entries, 201),
+    Operation.UPDATE: (update_entries, 200),
+    Operation.DELETE: (delete_entries, 204),
+    Operation.APPROVE: (approve_entries, 200),
+    Operation.UNAPPROVE: (unapprove_entries, 200),
+}
+
+
+class Outcome(StrEnum):
+    """What one run of a job did: finished it, or left it to the delivery that holds it."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    BUSY = "busy"
+    SKIPPED = "skipped"
+
+
+logger = logging.getLogger(__name__)
+
+
+def stored(error: ApiError) -> bytes:
+    """Result bodies are stored gzip-compressed, ready to serve as they are."""
+    return gzip_document(error.document())
+
+
+def lock_key(job_id: uuid.UUID) -> int:
+    return int.from_bytes(job_id.bytes[:8], "big", signed=True)
+
+
+class ProgressReporter:
+    """Writes `processed` and the heartbeat on its own connection, visible while the job runs."""
+
+    def __init__(self, engine: Engine, job_id: uuid.UUID, min_interval: float = 0.25) -> None:
+        self.engine = engine
+        self.job_id = job_id
+        self.min_interval = min_interval
+        self._last = 0.0
+
+    def __call__(self, processed: int) -> None:
+        now = dt.datetime.now(dt.UTC).timestamp()
+        if now - self._last < self.min_interval:
+            return
+        self._last = now
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(Job)
+                .where(Job.id == self.job_id, Job.status == JobStatus.RUNNING)
+                .values(processed=func.least(processed, Job.total), heartbeat_at=func.now())
+            )
+
+
+def _mark_running(engine: Engine, job_id: uuid.UUID) -> int | None:
+    """Flag the job running on a connection of its own, so pollers see it at once."""
+    with engine.begin() as connection:
+        return connection.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(UNFINISHED_STATUSES))
+            .values(
+                status=JobStatus.RUNNING,
+                attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, func.now()),
+                heartbeat_at=func.now(),
+            )
+            .returning(Job.attempts)
+        ).scalar_one_or_none()
+
+
+class Heartbeat:
+    """Renews a running job's heartbeat on its own connection, so the sweeper can tell a
+    long job from one whose worker died."""
+
+    def __init__(self, engine: Engine, job_id: uuid.UUID, interval: float) -> None:
+        self.engine = engine
+        self.job_id = job_id
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="job-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(
+                        update(Job)
+                        .where(Job.id == self.job_id, Job.status == JobStatus.RUNNING)
+                        .values(heartbeat_at=func.now())
+                    )
+            except Exception:
+                # A missed beat only makes the sweeper re-publish early, which is harmless.
+                logger.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+
+    def stop(self) -> None:
+        """Call after the job's transaction has ended: a beat may be waiting on its row lock."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def run_job(engine: Engine, job_id: uuid.UUID, *, max_attempts: int, lease: float = 120) -> Outcome:
+    """Apply a job once and say what happened.
+
+    Transient database errors propagate (the transaction is rolled back); the caller retries.
+    """
+    heartbeat = Heartbeat(engine, job_id, max(lease / 4, 0.5))
+    # A batch allocates millions of short-lived, acyclic objects (rows, dicts, strings); with
+    # the collector on, each pass rescans the growing heap. Collect once, afterwards instead.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _run_locked(engine, job_id, max_attempts, heartbeat)
+    finally:
+        heartbeat.stop()
+        if collecting:
+            gc.enable()
+            gc.collect()
+
+
+def _run_locked(
+    engine: Engine, job_id: uuid.UUID, max_attempts: int, heartbeat: Heartbeat
+) -> Outcome:
+    with Session(engine) as session, session.begin():
+        locked = session.scalar(
+            text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": lock_key(job_id)}
+        )
+        if not locked:
+            # Another worker holds this job right now; it will finish it or release the lock.
+            return Outcome.BUSY
+        job = session.get(Job, job_id, populate_existing=True)
+        if job is None or job.status not in UNFINISHED_STATUSES:
+            return Outcome.SKIPPED
+        attempts = _mark_running(engine, job_id)
+        if attempts is None:
+            return Outcome.SKIPPED
+        heartbeat.start()
+        if attempts > max_attempts:
+            error = ApiError.one(
+                500,
+                "Job abandoned",
+                f"the job did not complete in {max_attempts} attempts and was given up",
+            )
+            _finish(
+                session, job, JobStatus.FAILED, error.status, stored(error), len(error.problems)
+            )
+            return Outcome.FAILED
+        operation = Operation(job.operation)
+        apply, success_status = APPLY[operation]
+        ctx = load_context(session, job.organization_id, job.person_id, job.options)
+        savepoint = session.begin_nested()
+        try:
+            batch = documents.items(operation, job.batch or b"")
+            rows = apply(session, ctx, batch, ProgressReporter(engine, job_id))
+        except ApiError as exc:
+            savepoint.rollback()
+            _finish(session, job, JobStatus.FAILED, exc.status, stored(exc), len(exc.problems))
+            return Outcome.FAILED
+        savepoint.commit()
+        body = None if rows is None else ctx.renderer().encode_collection(rows)
+        _finish(session, job, JobStatus.SUCCEEDED, success_status, body, 0)
+        return Outcome.SUCCEEDED
+
+
+def _finish(
+    session: Session,
+    job: Job,
+    status: JobStatus,
+    result_status: int,
+    body: bytes | None,
+    errors: int,
+) -> None:
+    notify_finished(session, str(job.id))
+    session.execute(
+        update(Job)
+        .where(Job.id == job.id)
+        .values(
+            status=status,
+            result_status=result_status,
+            result_body=body,
+            error_count=errors,
+            processed=Job.total if status == JobStatus.SUCCEEDED else Job.processed,
+            # clock_timestamp: now() is this transaction's start, before started_at was set.
+            finished_at=func.clock_timestamp(),
+            heartbeat_at=None,
+        )
+    )
+
+
+def fail_unexpectedly(engine: Engine, job_id: uuid.UUID) -> None:
+    """Fail a job whose run raised something no retry can fix, so no client waits forever."""
+    error = ApiError.one(
+        500, "Internal error", "the job could not be processed because of an internal error"
+    )
+    with Session(engine) as session, session.begin():
+        notify_finished(session, str(job_id))
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(UNFINISHED_STATUSES))
+            .values(
+                status=JobStatus.FAILED,
+                result_status=error.status,
+                result_body=stored(error),
+                error_count=1,
+                finished_at=func.clock_timestamp(),
+                heartbeat_at=None,
+            )
+        )

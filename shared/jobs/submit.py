@@ -1,0 +1,105 @@
+"""The web side of a job's life: store an accepted batch, find a job, cancel a queued one.
+
+The job row is committed before its id is published (the caller publishes after commit),
+so a worker always finds what a message names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+import orjson
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session, defer
+
+from shared.domain.tokens import Principal
+from shared.jsonapi.errors import ApiError
+from shared.store.models import Job, JobStatus, Operation
+
+
+def fingerprint(operation: Operation, body: bytes, options: dict[str, Any]) -> str:
+    """What makes two submissions the same request: operation, options and the body's bytes."""
+    digest = hashlib.sha256(body)
+    digest.update(orjson.dumps([operation, options], option=orjson.OPT_SORT_KEYS))
+    return digest.hexdigest()
+
+
+def submit_job(
+    session: Session,
+    principal: Principal,
+    operation: Operation,
+    body: bytes,
+    options: dict[str, Any],
+    *,
+    total: int,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Store a queued job; returns it and whether it is new (False: an idempotent replay).
+
+    `body` is the bulk document as received and checked, `total` its number of resources;
+    it is stored as it is, and the worker decodes it.
+    """
+    digest = fingerprint(operation, body, options)
+    values = {
+        "organization_id": principal.organization_id,
+        "person_id": principal.person_id,
+        "operation": operation,
+        "batch": body,
+        "options": options,
+        "idempotency_key": idempotency_key,
+        "request_hash": digest,
+        "total": total,
+    }
+    statement = pg_insert(Job).values(**values)
+    if idempotency_key is not None:
+        # Two racing requests with one key: the unique index lets exactly one insert win.
+        statement = statement.on_conflict_do_nothing(
+            index_elements=["organization_id", "idempotency_key"],
+            index_where=text("idempotency_key IS NOT NULL"),
+        )
+    job_id = session.scalar(statement.returning(Job.id))
+    # The stored batch can be megabytes: the submitting request has it already.
+    without_batch = select(Job).options(defer(Job.batch), defer(Job.result_body))
+    if job_id is not None:
+        return session.scalars(without_batch.where(Job.id == job_id)).one(), True
+    existing = session.scalars(
+        without_batch.where(
+            Job.organization_id == principal.organization_id,
+            Job.idempotency_key == idempotency_key,
+        )
+    ).one()
+    if existing.request_hash != digest or existing.operation != operation:
+        raise ApiError.one(
+            422,
+            "Idempotency key reused",
+            "this Idempotency-Key was already used with a different request",
+        )
+    return existing, False
+
+
+def find_job(session: Session, organization_id: int, job_id: str) -> Job | None:
+    try:
+        key = uuid.UUID(job_id)
+    except ValueError:
+        return None
+    return session.scalars(
+        select(Job).where(Job.id == key, Job.organization_id == organization_id)
+    ).one_or_none()
+
+
+def cancel_job(session: Session, job: Job) -> bool:
+    """Cancel a job that has not started; False when it is already running or finished."""
+    canceled = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELED, finished_at=func.now())
+        .returning(Job.id)
+    ).scalar_one_or_none()
+    return canceled is not None
+
+
+def unknown_job(job_id: str) -> ApiError:
+    return ApiError.one(404, "Not found", f"job {job_id} does not exist")

@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.domain.approval import approve_entries, unapprove_entries
+from shared.domain.context import load_context
+from shared.domain.entries import create_entries, delete_entries, update_entries
+from shared.jsonapi.errors import ApiError
+from shared.store.models import ApprovalStatus, TimeEntry
+from tests.factories import Factories
+
+progress: Any = lambda n: None  # noqa: E731
+
+
+def statuses(session: Session, entry_id: int) -> dict[int, str]:
+    rows = session.execute(
+        select(ApprovalStatus.approver_id, ApprovalStatus.status).where(
+            ApprovalStatus.time_entry_id == entry_id
+        )
+    )
+    return {approver: status for approver, status in rows}
+
+
+def workflow_entry(session: Session) -> int:
+    """An entry of Will (manager Wes 7792) on service 1223 (approver Wanda 7793)."""
+    row = create_entries(
+        session,
+        load_context(session, 2111, 7791),
+        [{"date": "2026-03-02", "time": 60, "person_id": 7791, "service_id": 1223}],
+        progress,
+    )[0]
+    return int(row["id"])
+
+
+def test_approve_without_the_workflow(session: Session, factories: Factories) -> None:
+    entry = factories.entry()
+    ctx = load_context(session, 2110, 7782)
+    row = approve_entries(session, ctx, [{"id": entry.id}], progress)[0]
+    assert row["approved"] is True
+    assert row["approved_at"] == ctx.now.replace(microsecond=0)
+    assert ctx.renderer().resource(row)["attributes"]["approved_at"].endswith(".000+01:00")
+    session.refresh(entry)
+    assert entry.approver_id == 7782
+    # approving again is a no-op for it
+    again = approve_entries(
+        session, load_context(session, 2110, 7783), [{"id": entry.id}], progress
+    )
+    assert again[0]["approved_at"] == row["approved_at"]
+    session.refresh(entry)
+    assert entry.approver_id == 7782
+
+
+def test_approve_without_permission_is_403_and_changes_nothing(
+    session: Session, factories: Factories
+) -> None:
+    entry = factories.entry()
+    with pytest.raises(ApiError) as info:
+        approve_entries(session, load_context(session, 2110, 7781), [{"id": entry.id}], progress)
+    assert info.value.status == 403
+    session.refresh(entry)
+    assert not entry.approved
+
+
+def test_approve_of_another_organizations_entry_is_404(
+    session: Session, factories: Factories
+) -> None:
+    foreign = factories.entry(organization_id=2112, person_id=8881, service_id=2213)
+    with pytest.raises(ApiError) as info:
+        approve_entries(session, load_context(session, 2110, 7783), [{"id": foreign.id}], progress)
+    assert info.value.status == 404
+    assert info.value.problems[0].pointer == "/data/0/id"
+
+
+def test_created_entries_get_one_status_per_required_approver(session: Session) -> None:
+    entry_id = workflow_entry(session)
+    assert statuses(session, entry_id) == {7792: "pending", 7793: "pending"}
+
+
+def test_two_approvers_approve_in_turn(session: Session) -> None:
+    entry_id = workflow_entry(session)
+    first = approve_entries(
+        session, load_context(session, 2111, 7792), [{"id": entry_id}], progress
+    )
+    assert first[0]["approved"] is False
+    assert statuses(session, entry_id) == {7792: "approved", 7793: "pending"}
+    second = approve_entries(
+        session, load_context(session, 2111, 7793), [{"id": entry_id}], progress
+    )
+    assert second[0]["approved"] is True
+    assert session.get_one(TimeEntry, entry_id).approver_id == 7793
+
+
+def test_caller_who_is_no_approver_is_403(session: Session, factories: Factories) -> None:
+    approver = factories.person(organization_id=2111, can_approve=True)
+    entry_id = workflow_entry(session)
+    with pytest.raises(ApiError) as info:
+        approve_entries(
+            session, load_context(session, 2111, approver.id), [{"id": entry_id}], progress
+        )
+    assert info.value.status == 403
+    assert info.value.problems[0].pointer == "/data/0/id"
+
+
+def test_for_all_approvers(session: Session) -> None:
+    entry_id = workflow_entry(session)
+    without = load_context(session, 2111, 7792, {"for_all_approvers": True})
+    with pytest.raises(ApiError) as info:
+        approve_entries(session, without, [{"id": entry_id}], progress)
+    assert info.value.status == 403
+    assert statuses(session, entry_id) == {7792: "pending", 7793: "pending"}
+    with_permission = load_context(session, 2111, 7793, {"for_all_approvers": True})
+    row = approve_entries(session, with_permission, [{"id": entry_id}], progress)[0]
+    assert row["approved"] is True
+    assert statuses(session, entry_id) == {7792: "approved", 7793: "approved"}
+
+
+def test_unapprove_recreates_pending_statuses(session: Session) -> None:
+    entry_id = workflow_entry(session)
+    admin = load_context(session, 2111, 7793, {"for_all_approvers": True})
+    approve_entries(session, admin, [{"id": entry_id}], progress)
+    row = unapprove_entries(session, admin, [{"id": entry_id}], progress)[0]
+    assert (row["approved"], row["approved_at"]) == (False, None)
+    assert statuses(session, entry_id) == {7792: "pending", 7793: "pending"}
+
+
+def test_unapprove_of_invoiced_entry_is_409(session: Session, factories: Factories) -> None:
+    entry = factories.entry(approved=True, invoiced=True)
+    with pytest.raises(ApiError) as info:
+        unapprove_entries(session, load_context(session, 2110, 7783), [{"id": entry.id}], progress)
+    assert info.value.status == 409
+
+
+def test_update_after_unapprove_succeeds(session: Session, factories: Factories) -> None:
+    entry = factories.entry(approved=True)
+    member = load_context(session, 2110, 7781)
+    with pytest.raises(ApiError):
+        update_entries(session, member, [{"id": entry.id, "note": "x"}], progress)
+    unapprove_entries(session, load_context(session, 2110, 7783), [{"id": entry.id}], progress)
+    row = update_entries(session, member, [{"id": entry.id, "note": "x"}], progress)[0]
+    assert row["note"] == "x"
+
+
+def test_entry_without_any_approver_falls_back_to_approve_all_people(
+    session: Session, factories: Factories
+) -> None:
+    loner = factories.person(organization_id=2111)
+    service = factories.service(organization_id=2111)
+    row = create_entries(
+        session,
+        load_context(session, 2111, loner.id),
+        [{"date": "2026-03-02", "time": 60, "person_id": loner.id, "service_id": service.id}],
+        progress,
+    )[0]
+    assert statuses(session, row["id"]) == {7793: "pending"}
+
+
+def test_delete_after_unapprove_succeeds(session: Session, factories: Factories) -> None:
+    entry = factories.entry(approved=True)
+    member = load_context(session, 2110, 7781)
+    with pytest.raises(ApiError):
+        delete_entries(session, member, [{"id": entry.id}], progress)
+    unapprove_entries(session, load_context(session, 2110, 7783), [{"id": entry.id}], progress)
+    delete_entries(session, member, [{"id": entry.id}], progress)
+    assert session.get(TimeEntry, entry.id) is None

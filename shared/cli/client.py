@@ -22,22 +22,24 @@ import orjson
 import requests
 from tqdm import tqdm
 
+from shared.store.models import JobStatus, Operation
+
 BULK = "application/vnd.api+json; ext=bulk"
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Where each operation is sent, as in the spec.
 ROUTES = {
-    "create": ("POST", "/api/v2/time_entries"),
-    "update": ("PATCH", "/api/v2/time_entries"),
-    "delete": ("DELETE", "/api/v2/time_entries"),
-    "approve": ("PATCH", "/api/v2/time_entries/approve"),
-    "unapprove": ("PATCH", "/api/v2/time_entries/unapprove"),
+    Operation.CREATE: ("POST", "/api/v2/time_entries"),
+    Operation.UPDATE: ("PATCH", "/api/v2/time_entries"),
+    Operation.DELETE: ("DELETE", "/api/v2/time_entries"),
+    Operation.APPROVE: ("PATCH", "/api/v2/time_entries/approve"),
+    Operation.UNAPPROVE: ("PATCH", "/api/v2/time_entries/unapprove"),
 }
 PAST = {
-    "create": "created",
-    "update": "updated",
-    "delete": "deleted",
-    "approve": "approved",
-    "unapprove": "unapproved",
+    Operation.CREATE: "created",
+    Operation.UPDATE: "updated",
+    Operation.DELETE: "deleted",
+    Operation.APPROVE: "approved",
+    Operation.UNAPPROVE: "unapproved",
 }
 MAX_POLL_INTERVAL = 0.5
 TIMEOUT = 60.0
@@ -111,7 +113,9 @@ class ApiClient:
                 ) from None
         return Answer(response.status_code, response.headers, document)
 
-    def submit(self, operation: str, path: Path, idempotency_key: str | None = None) -> Answer:
+    def submit(
+        self, operation: Operation, path: Path, idempotency_key: str | None = None
+    ) -> Answer:
         """Send the file as it is on disk: streamed, never read into memory."""
         method, location = ROUTES[operation]
         headers = {"Content-Type": BULK}
@@ -130,7 +134,7 @@ class ApiClient:
                 return Outcome(answer, canceled=False)
             attributes = answer.document["data"]["attributes"]
             progress(attributes["processed"], attributes["total"])
-            if attributes["status"] == "canceled":
+            if attributes["status"] == JobStatus.CANCELED:
                 return Outcome(answer, canceled=True)
             self.sleep(poll_interval(answer.headers.get("Retry-After")))
 
@@ -203,7 +207,7 @@ def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.command("submit")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--op", "operation", type=click.Choice(list(ROUTES)), required=True)
+@click.option("--op", "operation", type=click.Choice([str(op) for op in Operation]), required=True)
 @click.option("--wait", is_flag=True, help="follow the job with a progress bar to its result")
 @click.option("--idempotency-key", help="a retried submission with this key returns the same job")
 @api_options
@@ -224,7 +228,7 @@ def submit(
     """
     client = ApiClient(url, token, organization)
     started = time.monotonic()
-    accepted = client.submit(operation, file, idempotency_key)
+    accepted = client.submit(Operation(operation), file, idempotency_key)
     if accepted.status != 202:
         _fail(accepted, f"{operation} refused")
     job_id = accepted.document["data"]["id"]
@@ -248,7 +252,8 @@ def submit(
     document = outcome.answer.document
     count = len(document["data"]) if document is not None else total
     entries = "entry" if count == 1 else "entries"
-    click.echo(f"{PAST[operation]} {count} time {entries} in {elapsed:.1f} s (job {job_id})")
+    done = PAST[Operation(operation)]
+    click.echo(f"{done} {count} time {entries} in {elapsed:.1f} s (job {job_id})")
 
 
 def _job_line(job: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from shared.domain.tokens import create_token
 from shared.store.models import (
     ApprovalStatus,
     ExchangeRate,
+    Operation,
     Organization,
     Person,
     Service,
@@ -98,10 +99,10 @@ TASKS: list[dict[str, Any]] = [
 # sends it: 235 is Wes's, whose only approver is the service's (Wanda); 236 is Will's, who
 # also needs his manager Wes.
 ENTRY_IDS = {
-    "update": (223, 224),
-    "delete": (231, 232),
-    "approve": (235, 236, 237, 238),
-    "unapprove": (249, 250),
+    Operation.UPDATE: (223, 224),
+    Operation.DELETE: (231, 232),
+    Operation.APPROVE: (235, 236, 237, 238),
+    Operation.UNAPPROVE: (249, 250),
 }
 WORKFLOW_ENTRIES = {235: (7792, (7793,)), 236: (7791, (7792, 7793))}
 FIRST_FREE_ENTRY_ID = 1000
@@ -114,7 +115,7 @@ def _demo_entries() -> list[dict[str, Any]]:
     rows = []
     for purpose, ids in ENTRY_IDS.items():
         for n, entry_id in enumerate(ids):
-            approved = purpose == "unapprove"
+            approved = purpose == Operation.UNAPPROVE
             person_id, _ = WORKFLOW_ENTRIES.get(entry_id, (7781, ()))
             workflow = entry_id in WORKFLOW_ENTRIES
             rows.append(

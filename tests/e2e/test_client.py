@@ -1,15 +1,20 @@
 """`timebatch submit` and `timebatch jobs` against a live stack: an HTTP server, Redis and a
-real Celery worker, run as the console script a user would run."""
+real Celery worker, run as the console script a user would run (or, where only the output
+matters, through click's runner in this process, against the same server)."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import http.server
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,15 +22,18 @@ from typing import Any
 import orjson
 import pytest
 import requests
+from click.testing import CliRunner, Result
 from flask import Flask
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from api import create_app
+from shared.cli.commands import main
+from shared.domain.tokens import hash_token
 from shared.settings import Settings
 from shared.store.engine import make_session_factory
-from shared.store.models import Job, TimeEntry
+from shared.store.models import ApiToken, Job, TimeEntry
 from tests.e2e.conftest import WorkerProcess
 
 pytestmark = pytest.mark.e2e
@@ -51,10 +59,50 @@ def serving(app: Flask) -> Iterator[str]:
         httpd.server_close()
 
 
+class GracefulWorker(WorkerProcess):
+    """A worker stopped the way celery's documentation stops one: SIGTERM to its main process,
+    which lets the pool processes finish and leave through os._exit (where coverage saves what
+    they ran). A SIGTERM to the whole group makes them leave a second after the main process,
+    and it takes them with it (PR_SET_PDEATHSIG): the task's own lines would go uncounted."""
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            super().stop()  # the whole group, then SIGKILL
+        self.process = None
+
+
+@pytest.fixture(scope="module")
+def client_worker(e2e_settings: Settings, run_id: str) -> Iterator[GracefulWorker]:
+    """The client tests' own worker, on a queue of their own."""
+    settings = dataclasses.replace(e2e_settings, queue=f"{e2e_settings.queue}-client")
+    process = GracefulWorker(settings, settings.data_dir / "client-worker.log", f"client-{run_id}")
+    process.start()
+    yield process
+    process.stop()
+
+
 @pytest.fixture
-def server(e2e_app: Flask, worker: WorkerProcess) -> Iterator[str]:
-    with serving(e2e_app) as url:
+def server(client_worker: GracefulWorker, e2e_db: Engine) -> Iterator[str]:
+    app = create_app(client_worker.settings, sessions=make_session_factory(e2e_db))
+    with serving(app) as url:
         yield url
+
+
+@pytest.fixture
+def idle_server(e2e_settings: Settings, e2e_db: Engine) -> Iterator[tuple[str, list[str]]]:
+    """A server whose jobs reach no worker: they stay queued. Yields its URL and the ids of
+    the jobs it would have published."""
+    unpublished: list[str] = []
+    app = create_app(
+        e2e_settings, sessions=make_session_factory(e2e_db), publish=unpublished.append
+    )
+    with serving(app) as url:
+        yield url, unpublished
 
 
 @pytest.fixture
@@ -74,6 +122,18 @@ def timebatch(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
         timeout=300,
         check=False,
     )
+
+
+def cli(*args: str, env: dict[str, str]) -> Result:
+    """The same commands in this process: faster, where how they are started does not matter."""
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
+        time.sleep(0.05)
 
 
 def create_file(path: Path, n: int, bad: dict[int, dict[str, Any]] | None = None) -> Path:
@@ -173,9 +233,19 @@ def test_a_failed_job_prints_its_pointers_and_writes_nothing(
     assert result.stdout.splitlines() == [
         "/data/3/relationships/service -> service 2213 does not exist"
     ]
-    assert re.search(r"job [0-9a-f-]{36} failed: HTTP 404", result.stderr)
+    failed = re.search(r"job ([0-9a-f-]{36}) failed: HTTP 404", result.stderr)
+    assert failed, result.stderr
     assert "100%" not in progress_frames(result.stderr)[-1]
     assert count(e2e_db) == before
+
+    shown = cli("jobs", "show", failed[1], "--url", server, env=credentials)
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.splitlines() == [
+        f"job {failed[1]}",
+        "  status: failed",
+        "  result: HTTP 404",
+        "  /data/3/relationships/service -> service 2213 does not exist",
+    ]
 
 
 def test_submit_without_wait_delete_and_idempotency(
@@ -231,44 +301,122 @@ def test_client_errors_exit_1(server: str, credentials: dict[str, str], tmp_path
 
 
 def test_a_job_canceled_while_waiting_exits_1(
-    e2e_settings: Settings, e2e_db: Engine, credentials: dict[str, str], tmp_path: Path
+    idle_server: tuple[str, list[str]],
+    e2e_db: Engine,
+    credentials: dict[str, str],
+    tmp_path: Path,
 ) -> None:
-    unpublished: list[str] = []
-    # No message reaches a worker, so the job stays queued until it is canceled.
-    app = create_app(
-        e2e_settings, sessions=make_session_factory(e2e_db), publish=unpublished.append
-    )
+    url, unpublished = idle_server
     document = create_file(tmp_path / "batch.json", 10)
-    with serving(app) as url:
-        command = [
-            str(TIMEBATCH),
-            "submit",
-            str(document),
-            "--op",
-            "create",
-            "--wait",
-            "--url",
-            url,
-        ]
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("TIMEBATCH_")}
-        with subprocess.Popen(
-            command,
-            env=clean | credentials,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        ) as process:
-            deadline = time.monotonic() + 30
-            while not unpublished and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert unpublished, "the client did not submit"
-            headers = {"X-Auth-Token": credentials["TIMEBATCH_TOKEN"], "X-Organization-Id": "2110"}
-            canceled = requests.delete(
-                f"{url}/api/v2/jobs/{unpublished[0]}", headers=headers, timeout=10
-            )
-            assert canceled.status_code == 200
-            stdout, stderr = process.communicate(timeout=30)
+    command = [str(TIMEBATCH), "submit", str(document), "--op", "create", "--wait", "--url", url]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TIMEBATCH_")}
+    with subprocess.Popen(
+        command, env=clean | credentials, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        wait_until(lambda: unpublished, 30, "the client submitting")
+        headers = {"X-Auth-Token": credentials["TIMEBATCH_TOKEN"], "X-Organization-Id": "2110"}
+        canceled = requests.delete(
+            f"{url}/api/v2/jobs/{unpublished[0]}", headers=headers, timeout=10
+        )
+        assert canceled.status_code == 200
+        stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 1
     assert f"job {unpublished[0]} was canceled; nothing was applied" in stderr
     assert stdout == ""
     assert count(e2e_db, TimeEntry.note.like("cli %")) == 0
+
+
+def test_a_token_revoked_while_waiting_exits_1(
+    idle_server: tuple[str, list[str]],
+    e2e_db: Engine,
+    credentials: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """The job answers 401 from then on: the client says so and stops following it."""
+    url, unpublished = idle_server
+    document = create_file(tmp_path / "batch.json", 3)
+    command = [str(TIMEBATCH), "submit", str(document), "--op", "create", "--wait", "--url", url]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TIMEBATCH_")}
+    with subprocess.Popen(
+        command, env=clean | credentials, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        wait_until(lambda: unpublished, 30, "the client submitting")
+        with Session(e2e_db) as session:
+            token_hash = hash_token(credentials["TIMEBATCH_TOKEN"])
+            session.execute(delete(ApiToken).where(ApiToken.token_hash == token_hash))
+            session.commit()
+        stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert stdout == "Unauthorized -> the token in X-Auth-Token is not valid\n"
+    assert f"job {unpublished[0]} failed: HTTP 401" in stderr
+    with Session(e2e_db) as session:
+        assert session.scalar(select(Job.status)) == "queued"
+
+
+def test_jobs_show_and_list_while_jobs_wait(
+    idle_server: tuple[str, list[str]], credentials: dict[str, str], tmp_path: Path
+) -> None:
+    url, unpublished = idle_server
+    created = cli(
+        "submit", str(create_file(tmp_path / "c.json", 3)), "--op", "create", "--url", url,
+        env=credentials,
+    )  # fmt: skip
+    assert created.exit_code == 0, created.output
+    deletion = tmp_path / "d.json"
+    deletion.write_bytes(orjson.dumps({"data": [{"type": "time_entries", "id": "231"}]}))
+    deleted = cli("submit", str(deletion), "--op", "delete", "--url", url, env=credentials)
+    assert deleted.exit_code == 0, deleted.output
+    create_job, delete_job = unpublished
+
+    shown = cli("jobs", "show", create_job, "--url", url, env=credentials)
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert lines[:6] == [
+        f"job {create_job}",
+        "  status: queued",
+        "  operation: create",
+        "  processed: 0",
+        "  total: 3",
+        "  attempts: 0",
+    ]
+    assert re.fullmatch(r"  created_at: 20\d\d-\d\d-\d\dT\S+", lines[6]), lines[6]
+    assert lines[7:] == ["  started_at: -", "  finished_at: -"]
+
+    only_deletes = cli("jobs", "list", "--operation", "delete", "--url", url, env=credentials)
+    assert only_deletes.exit_code == 0, only_deletes.output
+    _, line, footer = only_deletes.stdout.splitlines()
+    assert line.split()[:4] == [delete_job, "queued", "delete", "0/1"]
+    assert footer == "page 1 of 1, 1 job(s)"
+
+    # Newest first: the second page of one is the older job.
+    second = cli("jobs", "list", "--page-size", "1", "--page", "2", "--url", url, env=credentials)
+    assert second.exit_code == 0, second.output
+    _, line, footer = second.stdout.splitlines()
+    assert line.split()[:4] == [create_job, "queued", "create", "0/3"]
+    assert footer == "page 2 of 2, 2 job(s)"
+
+
+def test_a_url_that_is_not_timebatch_is_named(credentials: dict[str, str], tmp_path: Path) -> None:
+    """A plain web server answers with an HTML page: the client says what it got."""
+    handler = functools.partial(QuietFiles, directory=str(tmp_path))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_port}"
+        result = cli("jobs", "list", "--url", url, env=credentials)
+    finally:
+        httpd.shutdown()
+        thread.join(timeout=10)
+        httpd.server_close()
+    assert result.exit_code == 1
+    assert (
+        "Error: GET /api/v2/jobs answered 404 with a body that is not JSON;"
+        " is --url a timebatch server?"
+    ) in result.stderr.splitlines()
+    assert result.stdout == ""
+
+
+class QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass

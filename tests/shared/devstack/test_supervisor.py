@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import queue
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,6 +105,16 @@ def test_stack_commands_follow_settings(tmp_path: Path) -> None:
     }
     with_auth = supervisor.stack_commands(settings(tmp_path, flower_basic_auth="a:b,c:d"))
     assert with_auth["flower"][-1] == "--basic-auth=a:b,c:d"
+
+
+def test_executables_come_from_the_venv_then_from_path() -> None:
+    venv_bin = Path(PYTHON).parent
+    assert supervisor.executable(Path(PYTHON).name) == PYTHON
+    assert not (venv_bin / "sh").exists(), "the suite runs from a virtualenv"
+    assert supervisor.executable("sh") == shutil.which("sh")
+    assert supervisor.executable("/bin/sh") == "/bin/sh"  # a path is taken as it is
+    # Left for Popen to fail on, with its own message (see the "ghost" test below).
+    assert supervisor.executable("no-such-program-anywhere") == "no-such-program-anywhere"
 
 
 # The Procfile and docker-compose.yml run the same commands: tests/shared/devstack/test_compose.py.
@@ -273,6 +285,43 @@ def test_a_child_killed_by_a_signal_gives_128_plus_its_number(
         {"sleeper": [PYTHON, "-c", SLEEPER], "victim": [PYTHON, "-c", suicide]},
     )
     assert supervisor.run_stack(settings(tmp_path)) == 128 + signal.SIGKILL
+
+
+def test_a_signal_without_a_name_is_reported_by_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    number = signal.SIGRTMIN + 6  # real-time signals have no name of their own
+    suicide = f"import os, time; time.sleep(0.5); os.kill(os.getpid(), {number})"
+    monkeypatch.setattr(supervisor, "PROCESSES", {"victim": [PYTHON, "-c", suicide]})
+    assert supervisor.run_stack(settings(tmp_path)) == 128 + number
+    assert f"victim exited on its own (signal {number})" in capsys.readouterr().out
+
+
+def test_output_to_a_terminal_is_coloured_by_process(tmp_path: Path) -> None:
+    processes = {"first": [PYTHON, "-c", "print('one')"], "second": [PYTHON, "-c", SLEEPER]}
+    controller, terminal = pty.openpty()
+    runner = subprocess.Popen(
+        [PYTHON, "-c", RUNNER, json.dumps(processes), "2", str(tmp_path / "data")],
+        cwd=ROOT,
+        stdout=terminal,
+        stderr=subprocess.STDOUT,
+    )
+    os.close(terminal)
+    chunks = []
+    try:
+        with suppress(OSError):  # EIO once the runner and its children closed the terminal
+            while chunk := os.read(controller, 65536):
+                chunks.append(chunk)
+        assert runner.wait(timeout=30) == 1  # first exited on its own
+    finally:
+        os.close(controller)
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+    output = b"".join(chunks).decode()
+    assert "\x1b[36mfirst  |\x1b[0m one\r\n" in output, output
+    assert re.search(r"\x1b\[33msecond \|\x1b\[0m ready \d+ q-test\r\n", output), output
+    assert "\x1b[32msystem |\x1b[0m first exited on its own (exit code 0)" in output, output
 
 
 def test_an_executable_that_cannot_start_stops_the_rest(

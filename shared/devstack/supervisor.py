@@ -357,8 +357,9 @@ class _Stack:
         return f"{label} "
 
     def _write(self, text: str) -> None:
-        # The readers must keep draining their pipes even when our stdout is gone.
-        with self._output_lock, suppress(OSError, ValueError):
+        # The readers must keep draining their pipes even when our stdout is gone (closed
+        # at start, sys.stdout is None).
+        with self._output_lock, suppress(OSError, ValueError, AttributeError):
             sys.stdout.write(text)
             sys.stdout.flush()
 

@@ -3,7 +3,9 @@
 PostgreSQL and Redis come from TEST_DATABASE_URL / TEST_BROKER_URL when set, otherwise from
 embedded servers started for this test session. Two databases are made fresh by migrations:
 one where every test runs in a transaction rolled back at its end, and one, committed, that
-a real Celery worker process reads for the end-to-end tests.
+a real Celery worker process reads for the end-to-end tests. Code that opens its own
+sessions on an engine (run_job, the worker's task) is tested on the committed one too:
+`e2e_db` gives each test fresh demo data there.
 """
 
 from __future__ import annotations
@@ -171,6 +173,42 @@ def auth(session: Session) -> Any:
         return token_for(session, person_id, read_only=read_only)
 
     return make
+
+
+TABLES = "organizations, exchange_rates, people, api_tokens, services, tasks, time_entries, approval_statuses, jobs"
+
+
+@pytest.fixture(scope="session")
+def e2e_settings(
+    servers: tuple[str, str], run_id: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """Settings of the committed database, migrated once for the session."""
+    database_url = _recreate_database(servers[0], f"timebatch_e2e_{run_id}")
+    settings = _settings(
+        database_url, servers[1], tmp_path_factory.mktemp("e2e"), f"timebatch-e2e-{run_id}"
+    )
+    engine = make_engine(settings)
+    migrate.upgrade(engine)
+    engine.dispose()
+    yield settings
+    _drop(settings)
+
+
+@pytest.fixture(scope="session")
+def e2e_engine(e2e_settings: Settings) -> Iterator[Engine]:
+    engine = make_engine(e2e_settings)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def e2e_db(e2e_engine: Engine) -> Engine:
+    """Fresh demo data, committed, for each test."""
+    with Session(e2e_engine) as session:
+        session.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+        load_demo(session)
+        session.commit()
+    return e2e_engine
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,16 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 BULK = "application/vnd.api+json; ext=bulk"
+
+
+def eventually(check: Callable[[], bool], timeout: float = 20, what: str = "the condition") -> None:
+    """Wait for something another process does (a worker's commit, log line or metric) by
+    polling it until a deadline; the test fails when it does not happen in time."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} did not happen within {timeout}s")
+        time.sleep(0.05)
 
 
 @dataclass

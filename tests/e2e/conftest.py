@@ -1,9 +1,15 @@
-"""A committed database, a real Celery worker process and a live broker for end-to-end tests."""
+"""A real Celery worker process and a live broker for end-to-end tests.
+
+The committed database they share (`e2e_settings`, `e2e_engine`, `e2e_db`) is made in
+tests/conftest.py, where tests of code that opens its own sessions find it too.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,41 +21,20 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from api import create_app
-from shared.cli.demo import load_demo
+from shared.jobs.runner import Outcome
 from shared.settings import Settings
-from shared.store import migrate
-from shared.store.engine import make_engine, make_session_factory
+from shared.store.engine import make_session_factory
 from tests.checked_client import CheckedClient
-from tests.conftest import _drop, _recreate_database, _settings, token_for
+from tests.conftest import TABLES as TABLES
+from tests.conftest import token_for
 from tests.jobclient import JobClient
 
-TABLES = "organizations, exchange_rates, people, api_tokens, services, tasks, time_entries, approval_statuses, jobs"
-
-
-@pytest.fixture(scope="session")
-def e2e_settings(
-    servers: tuple[str, str], run_id: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Settings]:
-    database_url = _recreate_database(servers[0], f"timebatch_e2e_{run_id}")
-    settings = _settings(
-        database_url, servers[1], tmp_path_factory.mktemp("e2e"), f"timebatch-e2e-{run_id}"
-    )
-    engine = make_engine(settings)
-    migrate.upgrade(engine)
-    engine.dispose()
-    yield settings
-    _drop(settings)
-
-
-@pytest.fixture(scope="session")
-def e2e_engine(e2e_settings: Settings) -> Iterator[Engine]:
-    engine = make_engine(e2e_settings)
-    yield engine
-    engine.dispose()
+# What the task logs once a delivery of a job has run (worker/app.py: "job %s %s").
+OUTCOME_LINE = re.compile(r"^job (?P<job>\S+) (?P<outcome>{})$".format("|".join(Outcome)))
 
 
 class WorkerProcess:
@@ -104,6 +89,19 @@ class WorkerProcess:
             pass
         self.process = None
 
+    def outcomes(self, job_id: str) -> list[str]:
+        """What each delivery of this job that ran to its end in this worker did, in order."""
+        found = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            try:
+                event = json.loads(line) if line.startswith("{") else {}
+            except ValueError:
+                continue  # the line the worker is writing right now
+            match = OUTCOME_LINE.match(event.get("message", ""))
+            if match and match["job"] == job_id:
+                found.append(match["outcome"])
+        return found
+
 
 @pytest.fixture(scope="session")
 def worker(e2e_settings: Settings, run_id: str) -> Iterator[WorkerProcess]:
@@ -111,16 +109,6 @@ def worker(e2e_settings: Settings, run_id: str) -> Iterator[WorkerProcess]:
     process.start()
     yield process
     process.stop()
-
-
-@pytest.fixture
-def e2e_db(e2e_engine: Engine) -> Engine:
-    """Fresh demo data, committed, for each test."""
-    with Session(e2e_engine) as session:
-        session.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
-        load_demo(session)
-        session.commit()
-    return e2e_engine
 
 
 @pytest.fixture

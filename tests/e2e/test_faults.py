@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import random
 import signal
 import threading
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.orm import Session
 
 from api import create_app
@@ -26,7 +27,7 @@ from shared.store.models import Job, TimeEntry
 from tests.checked_client import CheckedClient
 from tests.e2e.conftest import WorkerProcess
 from tests.e2e.test_pipeline import create_doc, entry_count
-from tests.jobclient import JobClient
+from tests.jobclient import JobClient, eventually
 from worker.app import create_worker_app
 
 pytestmark = pytest.mark.e2e
@@ -112,6 +113,23 @@ def stalled_mid_job(engine: Engine, job_id: str) -> Iterator[None]:
         transaction.rollback()
 
 
+def as_if_time_passed(engine: Engine, job_ids: list[str], seconds: float) -> None:
+    """Move the jobs' stored timestamps `seconds` into the past: the sweeper then sees the
+    stale heartbeat or the old queued job it would see after that long, with no waiting."""
+    ago = dt.timedelta(seconds=seconds)
+    with engine.begin() as connection:
+        connection.execute(
+            update(Job)
+            .where(Job.id.in_([uuid.UUID(i) for i in job_ids]))
+            .values(
+                created_at=Job.created_at - ago,
+                started_at=Job.started_at - ago,
+                heartbeat_at=Job.heartbeat_at - ago,
+                published_at=Job.published_at - ago,
+            )
+        )
+
+
 def submit_create(client: JobClient, headers: dict[str, str], n: int) -> tuple[Any, str]:
     accepted = client.submit("POST", "/api/v2/time_entries", create_doc(n), headers)
     return accepted, accepted.json["data"]["id"]  # type: ignore[index]
@@ -152,7 +170,7 @@ def test_sigkill_of_the_worker_mid_job(
     assert job_row(e2e_db, job_id).status == "running"
     assert entry_count(e2e_db) == before  # the killed transaction left nothing
     start_worker()
-    time.sleep(fault_settings.job_lease + 0.5)
+    as_if_time_passed(e2e_db, [job_id], fault_settings.job_lease + 1)
     assert sweep_until_finished(e2e_db, fault_settings, [job_id]) >= 1
     outcome = fault_client.follow(accepted, headers)
     assert outcome.status == 201
@@ -180,8 +198,8 @@ def test_queued_messages_lost_with_the_broker(
     assert broker.llen(fault_settings.queue) == 20
     broker.delete(fault_settings.queue)  # the broker lost every queued message
     start_worker()
-    time.sleep(fault_settings.queued_grace + 0.5)
     job_ids = [a.json["data"]["id"] for a in accepted]  # type: ignore[index]
+    as_if_time_passed(e2e_db, job_ids, fault_settings.queued_grace + 1)
     # Under load a slow job may be re-published by a later sweep too: harmless, never fewer.
     assert sweep_until_finished(e2e_db, fault_settings, job_ids) >= 20
     assert [fault_client.follow(a, headers).status for a in accepted] == [201] * 20
@@ -228,9 +246,13 @@ def test_same_message_delivered_three_times_concurrently(
     celery = create_worker_app(fault_settings)
     for _ in range(2):
         celery.send_task(PROCESS_JOB, args=[job_id])
-    start_worker()
+    worker = start_worker()
     assert fault_client.follow(accepted, headers).status == 201
-    time.sleep(1.5)  # the other deliveries run to their no-op
+    # The submit's own message and the two copies: each delivery logs what it did.
+    eventually(lambda: len(worker.outcomes(job_id)) >= 3, what="three deliveries of the job")
+    ran = worker.outcomes(job_id)
+    assert ran.count("succeeded") == 1, ran
+    assert len(ran) == 3 and set(ran) - {"succeeded"} <= {"skipped", "busy"}, ran
     assert entry_count(e2e_db) == before + 2000
     job = job_row(e2e_db, job_id)
     assert (job.status, job.attempts) == ("succeeded", 1)

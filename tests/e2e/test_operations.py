@@ -10,9 +10,8 @@ import json
 import os
 import socket
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from shared.store.models import Job
 from tests.checked_client import CheckedClient
 from tests.e2e.conftest import WorkerProcess
 from tests.factories import queue_job, reference
-from tests.jobclient import JobClient
+from tests.jobclient import JobClient, eventually
 from tests.scraping import Samples, scrape, value
 from worker.app import create_worker_app
 
@@ -89,14 +88,6 @@ def ops_client(ops_settings: Settings, e2e_db: Engine) -> FlaskClient:
     return app.test_client()
 
 
-def eventually(check: Callable[[], bool], timeout: float = 20) -> None:
-    """The worker records a job's metrics just after its commit, which the client sees first."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not within the timeout"
-        time.sleep(0.1)
-
-
 def moved(before: Samples, after: Samples, name: str, **labels: str) -> float:
     return value(after, name, **labels) - value(before, name, **labels)
 
@@ -121,6 +112,7 @@ def test_worker_metrics_move_when_jobs_finish(
         after = scrape(ops_client)
         return moved(before, after, "timebatch_jobs_finished_total", **FAILED_UPDATE) == 1
 
+    # The worker records a job's metrics just after its commit, which the client sees first.
     eventually(recorded)
     after = scrape(ops_client)
     assert moved(before, after, "timebatch_jobs_finished_total", **CREATED) == 1

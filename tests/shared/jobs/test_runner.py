@@ -1,0 +1,192 @@
+"""run_job itself, on the committed database: it opens its own sessions and connections.
+
+Each test gets fresh, committed demo data (`e2e_db`); a job is stored the way the API
+stores one and then run as a worker would run it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy.orm import Session
+
+from shared.domain.tokens import Principal
+from shared.jobs.runner import Outcome, lock_key, run_job
+from shared.store.models import Job, TimeEntry
+from tests.factories import create_resource, queue_job, reference
+
+MEMBER = Principal(person_id=7781, organization_id=2110, read_only=False)
+MAX_ATTEMPTS = 3
+
+
+def queued(engine: Engine, operation: str, data: list[dict[str, Any]]) -> uuid.UUID:
+    with Session(engine) as session:
+        job = queue_job(session, MEMBER, operation, data)
+        session.commit()
+        return job.id
+
+
+def job_row(engine: Engine, job_id: uuid.UUID) -> dict[str, Any]:
+    """Every column of the job as stored."""
+    with Session(engine) as session:
+        job = session.get_one(Job, job_id)
+        return {column.key: getattr(job, column.key) for column in Job.__table__.columns}
+
+
+def stored_document(job: dict[str, Any]) -> Any:
+    assert job["result_body"] is not None
+    return orjson.loads(gzip.decompress(job["result_body"]))
+
+
+def entries(engine: Engine) -> dict[int, tuple[Any, ...]]:
+    """Every entry, as what a job could change."""
+    with Session(engine) as session:
+        rows = session.execute(
+            select(TimeEntry.id, TimeEntry.note, TimeEntry.time, TimeEntry.service_id)
+        )
+        return {row.id: tuple(row) for row in rows}
+
+
+def run(engine: Engine, job_id: uuid.UUID) -> Outcome:
+    return run_job(engine, job_id, max_attempts=MAX_ATTEMPTS, lease=2)
+
+
+def test_a_second_run_is_skipped_and_the_effect_happens_once(e2e_db: Engine) -> None:
+    before = entries(e2e_db)
+    job_id = queued(e2e_db, "create", [create_resource(note="a"), create_resource(note="b")])
+
+    assert run(e2e_db, job_id) == Outcome.SUCCEEDED
+    first = job_row(e2e_db, job_id)
+    assert run(e2e_db, job_id) == Outcome.SKIPPED
+    second = job_row(e2e_db, job_id)
+
+    assert second == first  # the second run changed nothing, not even a timestamp
+    assert (second["status"], second["attempts"], second["result_status"]) == ("succeeded", 1, 201)
+    assert (second["processed"], second["error_count"]) == (2, 0)
+    assert second["heartbeat_at"] is None
+    after = entries(e2e_db)
+    created = sorted(set(after) - set(before))
+    assert len(after) == len(before) + 2
+    document = stored_document(second)
+    assert [entry["id"] for entry in document["data"]] == [str(i) for i in created]
+    assert [entry["attributes"]["note"] for entry in document["data"]] == ["a", "b"]
+
+
+def test_a_job_locked_by_another_delivery_is_busy_and_left_alone(e2e_db: Engine) -> None:
+    before = entries(e2e_db)
+    job_id = queued(e2e_db, "delete", [reference(231)])
+    stored = job_row(e2e_db, job_id)
+    with e2e_db.connect() as holder:
+        holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": lock_key(job_id)})
+        holder.commit()
+        try:
+            assert run(e2e_db, job_id) == Outcome.BUSY
+            assert job_row(e2e_db, job_id) == stored
+            assert entries(e2e_db) == before
+        finally:
+            holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": lock_key(job_id)})
+            holder.commit()
+    # The lock was all that stood in the way.
+    assert run(e2e_db, job_id) == Outcome.SUCCEEDED
+    assert 231 not in entries(e2e_db)
+
+
+@pytest.mark.parametrize("status", ["queued", "running"])
+def test_a_job_out_of_attempts_is_abandoned_with_a_clear_error(e2e_db: Engine, status: str) -> None:
+    before = entries(e2e_db)
+    job_id = queued(e2e_db, "create", [create_resource(), create_resource()])
+    with e2e_db.begin() as connection:
+        # As if every earlier attempt had died mid-job.
+        connection.execute(
+            update(Job).where(Job.id == job_id).values(status=status, attempts=MAX_ATTEMPTS)
+        )
+
+    assert run(e2e_db, job_id) == Outcome.FAILED
+
+    job = job_row(e2e_db, job_id)
+    assert (job["status"], job["result_status"], job["error_count"]) == ("failed", 500, 1)
+    assert job["attempts"] == MAX_ATTEMPTS + 1
+    assert job["finished_at"] is not None and job["heartbeat_at"] is None
+    assert stored_document(job) == {
+        "errors": [
+            {
+                "status": "500",
+                "title": "Job abandoned",
+                "detail": f"the job did not complete in {MAX_ATTEMPTS} attempts and was given up",
+            }
+        ],
+        "jsonapi": {"version": "1.0"},
+    }
+    assert entries(e2e_db) == before
+    assert run(e2e_db, job_id) == Outcome.SKIPPED
+
+
+def test_the_last_allowed_attempt_still_runs(e2e_db: Engine) -> None:
+    job_id = queued(e2e_db, "delete", [reference(231)])
+    with e2e_db.begin() as connection:
+        connection.execute(
+            update(Job).where(Job.id == job_id).values(status="running", attempts=MAX_ATTEMPTS - 1)
+        )
+    assert run(e2e_db, job_id) == Outcome.SUCCEEDED
+    job = job_row(e2e_db, job_id)
+    assert (job["status"], job["attempts"], job["result_status"]) == (
+        "succeeded",
+        MAX_ATTEMPTS,
+        204,
+    )
+    assert job["result_body"] is None
+    assert 231 not in entries(e2e_db)
+
+
+def test_a_domain_error_fails_the_job_and_applies_nothing(e2e_db: Engine) -> None:
+    before = entries(e2e_db)
+    data = [create_resource(note="fine"), create_resource(note="bad"), create_resource()]
+    data[1]["relationships"]["service"]["data"]["id"] = "999999"
+    job_id = queued(e2e_db, "create", data)
+
+    assert run(e2e_db, job_id) == Outcome.FAILED
+
+    job = job_row(e2e_db, job_id)
+    assert (job["status"], job["result_status"], job["error_count"]) == ("failed", 404, 1)
+    (error,) = stored_document(job)["errors"]
+    assert (error["status"], error["source"]) == (
+        "404",
+        {"pointer": "/data/1/relationships/service"},
+    )
+    assert entries(e2e_db) == before
+    assert run(e2e_db, job_id) == Outcome.SKIPPED
+
+
+def test_a_refused_update_changes_none_of_the_batch(e2e_db: Engine) -> None:
+    before = entries(e2e_db)
+    update_doc = [
+        {"type": "time_entries", "id": "223", "attributes": {"note": "changed", "time": 1}},
+        {"type": "time_entries", "id": "249", "attributes": {"note": "approved already"}},
+    ]
+    job_id = queued(e2e_db, "update", update_doc)
+
+    assert run(e2e_db, job_id) == Outcome.FAILED
+
+    job = job_row(e2e_db, job_id)
+    assert (job["status"], job["result_status"]) == ("failed", 409)
+    (error,) = stored_document(job)["errors"]
+    assert error["source"] == {"pointer": "/data/1/id"} and "unapprove first" in error["detail"]
+    assert entries(e2e_db) == before
+
+
+def test_a_canceled_or_unknown_job_is_skipped(e2e_db: Engine) -> None:
+    job_id = queued(e2e_db, "delete", [reference(231)])
+    with e2e_db.begin() as connection:
+        connection.execute(
+            update(Job).where(Job.id == job_id).values(status="canceled", finished_at=func.now())
+        )
+    stored = job_row(e2e_db, job_id)
+    assert run(e2e_db, job_id) == Outcome.SKIPPED
+    assert job_row(e2e_db, job_id) == stored
+    assert 231 in entries(e2e_db)
+    assert run(e2e_db, uuid.uuid4()) == Outcome.SKIPPED

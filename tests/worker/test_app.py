@@ -1,0 +1,460 @@
+"""The Celery task adapter: transient database errors retry, anything else fails the job.
+
+The task runs in this process on a real worker app (no eager mode configured) through
+Celery's own tracer, `Task.apply`: the task's signals, retry and failure handling as a
+worker runs them, except that a retry runs again at once instead of through the broker.
+It works on the committed database, and the faults are real: a job row held by another
+connection meets the worker's lock timeout, a stored batch that cannot be decoded, an
+organization whose time zone does not exist. One test runs a real worker process to see a
+retry go through the broker and wait out its countdown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import gzip
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from zoneinfo import ZoneInfoNotFoundError
+
+import celery._state
+import orjson
+import psycopg
+import pytest
+from celery import Celery, Task, signals
+from celery.exceptions import DuplicateTaskNameWarning, Retry
+from sqlalchemy import Connection, Engine, create_engine, func, make_url, select, text, update
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+    ProgrammingError,
+)
+from sqlalchemy.orm import Session
+
+import worker.app
+from shared.domain.documents import NotWellFormed
+from shared.domain.tokens import Principal
+from shared.jobs.queue import PROCESS_JOB, create_celery
+from shared.settings import Settings
+from shared.store.engine import make_engine
+from shared.store.models import Job, TimeEntry
+from shared.store.pgcopy import PROGRESS_EVERY
+from tests.e2e.conftest import WorkerProcess
+from tests.factories import Factories, create_resource, queue_job
+from tests.jobclient import eventually
+from worker.app import create_worker_app, is_transient
+
+MEMBER = Principal(person_id=7781, organization_id=2110, read_only=False)
+MAX_ATTEMPTS = 2
+INTERNAL_ERROR = {
+    "errors": [
+        {
+            "status": "500",
+            "title": "Internal error",
+            "detail": "the job could not be processed because of an internal error",
+        }
+    ],
+    "jsonapi": {"version": "1.0"},
+}
+
+
+@pytest.fixture(scope="module")
+def worker_settings(e2e_settings: Settings) -> Settings:
+    """The committed database with a short lock timeout on the worker's connections, so that
+    a job row held by another connection fails the task's update with a real
+    LockNotAvailable at once; a queue of its own, and few attempts."""
+    url = make_url(e2e_settings.sqlalchemy_url).update_query_dict(
+        {"options": "-c lock_timeout=200"}
+    )
+    return dataclasses.replace(
+        e2e_settings,
+        database_url=url.render_as_string(hide_password=False),
+        queue=f"{e2e_settings.queue}-worker-app",
+        job_max_attempts=MAX_ATTEMPTS,
+    )
+
+
+# The functions worker/app.py makes its tasks of, one set per create_worker_app call.
+TASK_FUNCTIONS = frozenset({"process_job", "sweep_jobs", "purge_jobs"})
+
+
+@pytest.fixture(scope="module")
+def worker_engines() -> Iterator[list[Engine]]:
+    """The engines the worker apps of this module make, disposed at its end as a worker
+    process's exit would close them: a pool left to the garbage collector warns, and under
+    filterwarnings=error fails whichever test it happens in. The apps make them as ever;
+    this only keeps hold of them."""
+    made: list[Engine] = []
+
+    def kept(settings: Settings, **options: Any) -> Engine:
+        engine = make_engine(settings, **options)
+        made.append(engine)
+        return engine
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(worker.app, "make_engine", kept)
+        yield made
+    for engine in made:
+        engine.dispose()
+
+
+def finalized_alone(settings: Settings) -> Celery:
+    """A worker app whose tasks are its own, whatever apps this process made before.
+
+    worker/app.py declares its tasks with Celery's default shared=True: each declaration
+    also registers a process-wide callback, so every app finalized later takes the tasks of
+    every create_worker_app call made before it (the e2e tests make many), and the first
+    registration of a name wins. Until the tasks are declared shared=False, the earlier
+    apps' callbacks are set aside while this app is finalized.
+    """
+    finalizers = celery._state._on_app_finalizers
+    earlier = {cb for cb in finalizers if getattr(cb, "__name__", None) in TASK_FUNCTIONS}
+    finalizers.difference_update(earlier)
+    try:
+        app = create_worker_app(settings)
+        app.finalize()
+    finally:
+        finalizers.update(earlier)
+    return app
+
+
+@pytest.fixture(scope="module")
+def process_job(worker_settings: Settings, worker_engines: list[Engine]) -> Task[[str], str]:
+    app = finalized_alone(worker_settings)
+    assert not app.conf.task_always_eager
+    return app.tasks[PROCESS_JOB]
+
+
+@pytest.mark.xfail(
+    raises=DuplicateTaskNameWarning,
+    strict=True,
+    reason="worker/app.py declares its tasks shared (Celery's default): an app made later in "
+    "the process registers every earlier app's tasks too, and the first one wins",
+)
+def test_each_worker_app_runs_its_own_task(
+    worker_settings: Settings, worker_engines: list[Engine], e2e_db: Engine
+) -> None:
+    nowhere = "postgresql+psycopg://postgres@127.0.0.1:9/nowhere"
+    create_worker_app(dataclasses.replace(worker_settings, database_url=nowhere))
+    app = create_worker_app(worker_settings)
+    job_id = queued(e2e_db, [create_resource()])
+    result = app.tasks[PROCESS_JOB].apply(args=[job_id])
+    assert (result.state, result.result) == ("SUCCESS", "succeeded")
+
+
+@pytest.fixture
+def retries(process_job: Task[[str], str]) -> Iterator[list[Retry]]:
+    """The retries the task asked Celery for, as Celery's task_retry signal reports them."""
+    seen: list[Retry] = []
+
+    def record(reason: Retry, **_: Any) -> None:
+        seen.append(reason)
+
+    signals.task_retry.connect(record, sender=process_job, weak=False)
+    yield seen
+    signals.task_retry.disconnect(record, sender=process_job)
+
+
+def queued(engine: Engine, data: list[dict[str, Any]], principal: Principal = MEMBER) -> str:
+    with Session(engine) as session:
+        job = queue_job(session, principal, "create", data)
+        session.commit()
+        return str(job.id)
+
+
+def job_row(engine: Engine, job_id: str) -> Job:
+    with Session(engine) as session:
+        return session.get_one(Job, uuid.UUID(job_id))
+
+
+def entry_count(engine: Engine) -> int:
+    with Session(engine) as session:
+        return session.scalar(select(func.count()).select_from(TimeEntry)) or 0
+
+
+def stored_document(job: Job) -> Any:
+    assert job.result_body is not None
+    return orjson.loads(gzip.decompress(job.result_body))
+
+
+def hold_row(connection: Connection, job_id: str) -> None:
+    """Lock the job row as another transaction would; the worker's updates of it must wait."""
+    connection.execute(text("SELECT 1 FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
+
+
+def test_the_task_run_twice_applies_the_job_once(
+    process_job: Task[[str], str], e2e_db: Engine, retries: list[Retry]
+) -> None:
+    before = entry_count(e2e_db)
+    job_id = queued(e2e_db, [create_resource(note=f"n{n}") for n in range(3)])
+    first = process_job.apply(args=[job_id])
+    second = process_job.apply(args=[job_id])
+    assert (first.state, first.result) == ("SUCCESS", "succeeded")
+    assert (second.state, second.result) == ("SUCCESS", "skipped")
+    assert entry_count(e2e_db) == before + 3
+    job = job_row(e2e_db, job_id)
+    assert (job.status, job.attempts, job.result_status) == ("succeeded", 1, 201)
+    assert retries == []
+
+
+def test_a_transient_error_retries_with_a_countdown_and_then_succeeds(
+    process_job: Task[[str], str], e2e_db: Engine, retries: list[Retry]
+) -> None:
+    before = entry_count(e2e_db)
+    job_id = queued(e2e_db, [create_resource(), create_resource()])
+    with e2e_db.connect() as holder:
+        hold_row(holder, job_id)
+
+        def release(**_: Any) -> None:
+            holder.rollback()  # the other transaction ends once the task has asked to retry
+
+        signals.task_retry.connect(release, sender=process_job, weak=False)
+        try:
+            result = process_job.apply(args=[job_id])
+        finally:
+            signals.task_retry.disconnect(release, sender=process_job)
+
+    assert (result.state, result.result) == ("SUCCESS", "succeeded")
+    (retry,) = retries
+    assert retry.when == 1  # 2 ** retries so far, in seconds
+    assert retry.sig is not None and retry.sig.options["countdown"] == 1
+    assert isinstance(retry.exc, OperationalError)
+    assert getattr(retry.exc.orig, "sqlstate", None) == "55P03"  # lock_not_available
+    job = job_row(e2e_db, job_id)
+    # The attempt that met the lock rolled back with it, its count included.
+    assert (job.status, job.attempts, job.result_status) == ("succeeded", 1, 201)
+    assert entry_count(e2e_db) == before + 2
+
+
+def test_a_transient_error_that_persists_retries_with_growing_countdowns(
+    process_job: Task[[str], str], e2e_db: Engine, retries: list[Retry]
+) -> None:
+    before = entry_count(e2e_db)
+    job_id = queued(e2e_db, [create_resource()])
+    with e2e_db.connect() as holder:
+        hold_row(holder, job_id)
+        result = process_job.apply(args=[job_id])
+        holder.rollback()
+
+    # Celery gives up after max_retries and the error propagates; the job is not failed:
+    # it is still the sweeper's to publish again once the database is healthy.
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, OperationalError)
+    assert [retry.when for retry in retries] == [1, 2]
+    assert len(retries) == MAX_ATTEMPTS
+    job = job_row(e2e_db, job_id)
+    assert (job.status, job.result_status, job.result_body) == ("queued", None, None)
+    assert entry_count(e2e_db) == before
+
+
+def test_a_batch_that_cannot_be_decoded_fails_the_job_with_an_internal_error(
+    process_job: Task[[str], str], e2e_db: Engine, retries: list[Retry]
+) -> None:
+    before = entry_count(e2e_db)
+    job_id = queued(e2e_db, [create_resource()])
+    with e2e_db.begin() as connection:
+        # As if the stored body had been cut short: no retry can make it decode.
+        connection.execute(
+            update(Job).where(Job.id == uuid.UUID(job_id)).values(batch=b'{"data": [{"type"')
+        )
+
+    result = process_job.apply(args=[job_id])
+
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, NotWellFormed)
+    assert retries == []
+    job = job_row(e2e_db, job_id)
+    assert (job.status, job.result_status, job.error_count) == ("failed", 500, 1)
+    assert job.finished_at is not None and job.heartbeat_at is None
+    assert stored_document(job) == INTERNAL_ERROR
+    assert entry_count(e2e_db) == before
+
+
+def test_an_internal_error_after_the_entries_are_written_rolls_them_back(
+    process_job: Task[[str], str], e2e_db: Engine, retries: list[Retry]
+) -> None:
+    with Session(e2e_db, expire_on_commit=False) as session:
+        factories = Factories(session)
+        # The time zone is only needed to render the result, after the batch is written.
+        org = factories.organization(
+            time_zone="Atlantis/Lost", default_currency="EUR", reporting_currency="EUR"
+        )
+        person = factories.person(org.id)
+        service = factories.service(org.id)
+        session.commit()
+    principal = Principal(person_id=person.id, organization_id=org.id, read_only=False)
+    resource = create_resource()
+    resource["relationships"]["person"]["data"]["id"] = str(person.id)
+    resource["relationships"]["service"]["data"]["id"] = str(service.id)
+    before = entry_count(e2e_db)
+    job_id = queued(e2e_db, [resource] * PROGRESS_EVERY, principal)
+
+    result = process_job.apply(args=[job_id])
+
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, ZoneInfoNotFoundError)
+    assert retries == []
+    job = job_row(e2e_db, job_id)
+    assert (job.status, job.result_status, job.attempts) == ("failed", 500, 1)
+    assert stored_document(job) == INTERNAL_ERROR
+    # Progress, committed on its own connection, shows the entries had been written ...
+    assert job.processed == PROGRESS_EVERY
+    # ... and the job's transaction took them back with it.
+    assert entry_count(e2e_db) == before
+
+
+def database_error(engine: Engine, sql: str) -> DBAPIError:
+    """The error PostgreSQL really sends for this statement, as SQLAlchemy raises it."""
+    with engine.connect() as connection, pytest.raises(DBAPIError) as info:
+        connection.execute(text(sql))
+    return info.value
+
+
+def raised(sqlstate: str) -> str:
+    """A statement the server fails with this SQLSTATE, as it would for the real condition."""
+    return f"DO $$ BEGIN RAISE EXCEPTION 'provoked' USING ERRCODE = '{sqlstate}'; END $$"
+
+
+def test_a_serialization_failure_is_transient(e2e_db: Engine) -> None:
+    row = "SELECT name FROM organizations WHERE id = 2110"
+    touch = text("UPDATE organizations SET name = name WHERE id = 2110")
+    with e2e_db.connect() as reader, e2e_db.connect() as writer:
+        reader = reader.execution_options(isolation_level="REPEATABLE READ")
+        reader.execute(text(row))  # the snapshot is taken here
+        writer.execute(touch)
+        writer.commit()
+        with pytest.raises(DBAPIError) as info:
+            reader.execute(touch)
+    assert getattr(info.value.orig, "sqlstate", None) == "40001"
+    assert is_transient(info.value)
+
+
+def test_deadlocks_and_lock_timeouts_are_transient(e2e_db: Engine) -> None:
+    for sqlstate in ("40P01", "55P03"):
+        error = database_error(e2e_db, raised(sqlstate))
+        assert isinstance(error, OperationalError)
+        assert is_transient(error), sqlstate
+
+
+def test_a_terminated_connection_is_transient(e2e_db: Engine) -> None:
+    with e2e_db.connect() as victim:
+        pid = victim.scalar(text("SELECT pg_backend_pid()"))
+        with e2e_db.connect() as killer:
+            # The timeout makes the call return only once the backend is gone.
+            assert killer.scalar(text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": pid})
+        with pytest.raises(OperationalError) as info:
+            victim.execute(text("SELECT 1"))
+    assert info.value.connection_invalidated
+    assert is_transient(info.value)
+
+
+def test_a_refused_connection_is_transient(e2e_db: Engine) -> None:
+    nowhere = create_engine(make_url(e2e_db.url).set(host="127.0.0.1", port=9))
+    try:
+        with pytest.raises(OperationalError) as info:
+            nowhere.connect()
+    finally:
+        nowhere.dispose()
+    assert is_transient(info.value)
+
+
+@pytest.mark.parametrize(
+    ("sql", "kind"),
+    [
+        ("INSERT INTO organizations (id, name, default_currency, reporting_currency)"
+         " VALUES (2110, 'again', 'USD', 'EUR')", IntegrityError),
+        ("SELECT 'x'::integer", DataError),
+        ("SELEC 1", ProgrammingError),
+        ("SELECT * FROM no_such_table", ProgrammingError),
+    ],
+)  # fmt: skip
+def test_errors_no_retry_can_fix_are_not_transient(
+    e2e_db: Engine, sql: str, kind: type[DBAPIError]
+) -> None:
+    error = database_error(e2e_db, sql)
+    assert isinstance(error, kind)
+    assert not is_transient(error)
+
+
+def test_errors_outside_the_database_are_not_transient() -> None:
+    for error in (NotWellFormed("duplicate ids"), ValueError("x"), KeyError("Atlantis/Lost")):
+        assert not is_transient(error)
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "transient"),
+    [("40001", True), ("40P01", True), ("23505", False), ("XX000", False)],
+)
+def test_other_dbapi_errors_are_transient_by_their_sqlstate(
+    e2e_db: Engine, sqlstate: str, transient: bool
+) -> None:
+    # psycopg raises 40001 and 40P01 as OperationalError subclasses already; a DBAPIError of
+    # another class (another driver's mapping) carrying them is recognised by its SQLSTATE.
+    # Wrapping the server's real error is the one way to get such an error from psycopg.
+    orig = database_error(e2e_db, raised(sqlstate)).orig
+    assert isinstance(orig, psycopg.Error) and orig.sqlstate == sqlstate
+    wrapped = DBAPIError("UPDATE jobs SET status = 'running'", None, orig)
+    assert type(wrapped) is DBAPIError
+    assert is_transient(wrapped) is transient
+
+
+def logged(process: WorkerProcess, job_id: str) -> list[dict[str, Any]]:
+    events = []
+    for line in process.log.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line) if line.startswith("{") else {}
+        except ValueError:
+            continue  # the line the worker is writing right now
+        if event.get("job_id") == job_id:
+            events.append(event)
+    return events
+
+
+@pytest.fixture
+def worker_process(worker_settings: Settings, run_id: str, broker: Any) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(
+        worker_settings, worker_settings.data_dir / "worker-app.log", f"worker-app-{run_id}"
+    )
+    process.start()
+    yield process
+    process.stop()
+    if broker is not None:
+        broker.delete(worker_settings.queue)
+
+
+@pytest.mark.e2e
+def test_a_worker_retries_through_the_broker_after_the_countdown(
+    worker_process: WorkerProcess, worker_settings: Settings, e2e_db: Engine
+) -> None:
+    before = entry_count(e2e_db)
+    job_id = queued(e2e_db, [create_resource(), create_resource(), create_resource()])
+    with e2e_db.connect() as holder:
+        hold_row(holder, job_id)
+        create_celery(worker_settings).send_task(PROCESS_JOB, args=[job_id])
+
+        def retried() -> bool:
+            return any(
+                " retry: Retry in 1s" in e["message"] for e in logged(worker_process, job_id)
+            )
+
+        eventually(retried, timeout=60, what="the task's retry")
+        holder.rollback()
+    eventually(lambda: worker_process.outcomes(job_id) == ["succeeded"], timeout=60, what="success")
+
+    events = logged(worker_process, job_id)
+    warned = next(e for e in events if e["message"].endswith("transient database error; retrying"))
+    retry = next(e for e in events if " retry: Retry in 1s" in e["message"])
+    assert "OperationalError" in retry["message"] and "lock timeout" in retry["message"]
+    done = next(e for e in events if e["message"] == f"job {job_id} succeeded")
+    # The task warned just before asking for the retry, whose countdown starts after it: the
+    # second delivery cannot have finished sooner than the countdown later.
+    waited = dt.datetime.fromisoformat(done["time"]) - dt.datetime.fromisoformat(warned["time"])
+    assert waited >= dt.timedelta(seconds=1)
+    job = job_row(e2e_db, job_id)
+    assert (job.status, job.attempts, job.result_status) == ("succeeded", 1, 201)
+    assert entry_count(e2e_db) == before + 3

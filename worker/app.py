@@ -62,7 +62,9 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
         metrics.prepare_directory(settings.metrics_dir, clear=False)
     connect_signals(settings)
 
-    @app.task(name=PROCESS_JOB, bind=True, max_retries=settings.job_max_attempts)  # type: ignore[untyped-decorator]
+    # shared=False: the tasks belong to this app only, not to every app made later in the
+    # process (Celery's default would register them on each, and the first would win).
+    @app.task(name=PROCESS_JOB, bind=True, max_retries=settings.job_max_attempts, shared=False)  # type: ignore[untyped-decorator]
     def process_job(self: Task[[str], str], job_id: str) -> str:
         try:
             outcome = run_job(
@@ -84,11 +86,11 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
         logger.info("job %s %s", job_id, outcome)
         return outcome
 
-    @app.task(name=SWEEP_JOBS, acks_late=False)  # type: ignore[untyped-decorator]
+    @app.task(name=SWEEP_JOBS, acks_late=False, shared=False)  # type: ignore[untyped-decorator]
     def sweep_jobs() -> int:
         return recover_jobs(holder.engine, settings, app)
 
-    @app.task(name=PURGE_JOBS, acks_late=False)  # type: ignore[untyped-decorator]
+    @app.task(name=PURGE_JOBS, acks_late=False, shared=False)  # type: ignore[untyped-decorator]
     def purge_jobs() -> int:
         return purge_expired(holder.engine, settings)
 

@@ -81,7 +81,7 @@ def referenced_by_id(
     found = session.scalars(
         select(model)
         .where(model.organization_id == ctx.organization_id, model.id.in_(ids))
-        .with_for_update(key_share=True)
+        .with_for_update(read=True, key_share=True)  # FOR KEY SHARE
     )
     return {row.id: row for row in found}
 

@@ -20,12 +20,11 @@ from collections.abc import Iterator
 from typing import Any
 from zoneinfo import ZoneInfoNotFoundError
 
-import celery._state
 import orjson
 import psycopg
 import pytest
-from celery import Celery, Task, signals
-from celery.exceptions import DuplicateTaskNameWarning, Retry
+from celery import Task, signals
+from celery.exceptions import Retry
 from sqlalchemy import Connection, Engine, create_engine, func, make_url, select, text, update
 from sqlalchemy.exc import (
     DataError,
@@ -80,7 +79,6 @@ def worker_settings(e2e_settings: Settings) -> Settings:
 
 
 # The functions worker/app.py makes its tasks of, one set per create_worker_app call.
-TASK_FUNCTIONS = frozenset({"process_job", "sweep_jobs", "purge_jobs"})
 
 
 @pytest.fixture(scope="module")
@@ -103,39 +101,14 @@ def worker_engines() -> Iterator[list[Engine]]:
         engine.dispose()
 
 
-def finalized_alone(settings: Settings) -> Celery:
-    """A worker app whose tasks are its own, whatever apps this process made before.
-
-    worker/app.py declares its tasks with Celery's default shared=True: each declaration
-    also registers a process-wide callback, so every app finalized later takes the tasks of
-    every create_worker_app call made before it (the e2e tests make many), and the first
-    registration of a name wins. Until the tasks are declared shared=False, the earlier
-    apps' callbacks are set aside while this app is finalized.
-    """
-    finalizers = celery._state._on_app_finalizers
-    earlier = {cb for cb in finalizers if getattr(cb, "__name__", None) in TASK_FUNCTIONS}
-    finalizers.difference_update(earlier)
-    try:
-        app = create_worker_app(settings)
-        app.finalize()
-    finally:
-        finalizers.update(earlier)
-    return app
-
-
 @pytest.fixture(scope="module")
 def process_job(worker_settings: Settings, worker_engines: list[Engine]) -> Task[[str], str]:
-    app = finalized_alone(worker_settings)
+    app = create_worker_app(worker_settings)
+    app.finalize()
     assert not app.conf.task_always_eager
     return app.tasks[PROCESS_JOB]
 
 
-@pytest.mark.xfail(
-    raises=DuplicateTaskNameWarning,
-    strict=True,
-    reason="worker/app.py declares its tasks shared (Celery's default): an app made later in "
-    "the process registers every earlier app's tasks too, and the first one wins",
-)
 def test_each_worker_app_runs_its_own_task(
     worker_settings: Settings, worker_engines: list[Engine], e2e_db: Engine
 ) -> None:

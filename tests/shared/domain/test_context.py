@@ -97,12 +97,6 @@ def test_referenced_rows_cannot_be_deleted_while_the_batch_runs(
     assert can_lock(other, "services", 1214, "UPDATE")  # not referenced
 
 
-@pytest.mark.xfail(
-    raises=OperationalError,
-    strict=True,
-    reason="with_for_update(key_share=True) renders FOR NO KEY UPDATE, not the FOR KEY SHARE "
-    "the docstring promises (that needs read=True): batches naming one service queue up",
-)
 def test_a_second_batch_naming_the_same_rows_is_not_held_up(
     session: Session, other: Connection
 ) -> None:

@@ -109,9 +109,18 @@ def reference(entry_id: int | str) -> dict[str, Any]:
 
 
 def queue_job(
-    session: Session, principal: Principal, operation: str, data: list[dict[str, Any]]
+    session: Session,
+    principal: Principal,
+    operation: str,
+    data: list[dict[str, Any]],
+    *,
+    queued_for: dt.timedelta | None = None,
 ) -> Job:
-    """A queued job of this bulk document's data, stored the way the API stores one."""
+    """A queued job of this bulk document's data, stored the way the API stores one;
+    `queued_for` makes it as old as that (a job the sweeper should find stuck)."""
     body = orjson.dumps({"data": data})
     job, _ = submit_job(session, principal, Operation(operation), body, {}, total=len(data))
+    if queued_for is not None:
+        job.created_at -= queued_for
+        session.flush()
     return job

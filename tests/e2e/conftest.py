@@ -92,14 +92,20 @@ class WorkerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process = None
 
-    def outcomes(self, job_id: str) -> list[str]:
-        """What each delivery of this job that ran to its end in this worker did, in order."""
+    def events(self) -> list[dict[str, Any]]:
+        """The worker's JSON log lines so far."""
         found = []
         for line in self.log.read_text(errors="replace").splitlines():
             try:
-                event = json.loads(line) if line.startswith("{") else {}
+                found.append(json.loads(line) if line.startswith("{") else {})
             except ValueError:
                 continue  # the line the worker is writing right now
+        return found
+
+    def outcomes(self, job_id: str) -> list[str]:
+        """What each delivery of this job that ran to its end in this worker did, in order."""
+        found = []
+        for event in self.events():
             match = OUTCOME_LINE.match(event.get("message", ""))
             if match and match["job"] == job_id:
                 found.append(match["outcome"])

@@ -300,6 +300,20 @@ def test_client_errors_exit_1(server: str, credentials: dict[str, str], tmp_path
     assert "cannot reach http://127.0.0.1:9/" in nowhere.stderr
 
 
+@contextmanager
+def waiting_client(
+    url: str, document: Path, unpublished: list[str], credentials: dict[str, str]
+) -> Iterator[subprocess.Popen[str]]:
+    """`timebatch submit --wait` running, its job stored and queued (never published)."""
+    command = [str(TIMEBATCH), "submit", str(document), "--op", "create", "--wait", "--url", url]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TIMEBATCH_")}
+    with subprocess.Popen(
+        command, env=clean | credentials, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        wait_until(lambda: unpublished, 30, "the client submitting")
+        yield process
+
+
 def test_a_job_canceled_while_waiting_exits_1(
     idle_server: tuple[str, list[str]],
     e2e_db: Engine,
@@ -308,12 +322,7 @@ def test_a_job_canceled_while_waiting_exits_1(
 ) -> None:
     url, unpublished = idle_server
     document = create_file(tmp_path / "batch.json", 10)
-    command = [str(TIMEBATCH), "submit", str(document), "--op", "create", "--wait", "--url", url]
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("TIMEBATCH_")}
-    with subprocess.Popen(
-        command, env=clean | credentials, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as process:
-        wait_until(lambda: unpublished, 30, "the client submitting")
+    with waiting_client(url, document, unpublished, credentials) as process:
         headers = {"X-Auth-Token": credentials["TIMEBATCH_TOKEN"], "X-Organization-Id": "2110"}
         canceled = requests.delete(
             f"{url}/api/v2/jobs/{unpublished[0]}", headers=headers, timeout=10
@@ -335,12 +344,7 @@ def test_a_token_revoked_while_waiting_exits_1(
     """The job answers 401 from then on: the client says so and stops following it."""
     url, unpublished = idle_server
     document = create_file(tmp_path / "batch.json", 3)
-    command = [str(TIMEBATCH), "submit", str(document), "--op", "create", "--wait", "--url", url]
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("TIMEBATCH_")}
-    with subprocess.Popen(
-        command, env=clean | credentials, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as process:
-        wait_until(lambda: unpublished, 30, "the client submitting")
+    with waiting_client(url, document, unpublished, credentials) as process:
         with Session(e2e_db) as session:
             token_hash = hash_token(credentials["TIMEBATCH_TOKEN"])
             session.execute(delete(ApiToken).where(ApiToken.token_hash == token_hash))

@@ -167,12 +167,7 @@ def test_sweeper_republishes_are_counted(
 ) -> None:
     settings = dataclasses.replace(ops_settings, queue=f"{ops_settings.queue}-sweep")
     with Session(e2e_db) as session:
-        job = queue_job(session, MEMBER, "delete", [reference(223)])
-        session.execute(
-            update(Job)
-            .where(Job.id == job.id)
-            .values(created_at=Job.created_at - dt.timedelta(hours=1))
-        )
+        queue_job(session, MEMBER, "delete", [reference(223)], queued_for=dt.timedelta(hours=1))
         session.commit()
     before = scrape(ops_client)
     try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import gzip
-import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -377,15 +376,7 @@ def test_other_dbapi_errors_are_transient_by_their_sqlstate(
 
 
 def logged(process: WorkerProcess, job_id: str) -> list[dict[str, Any]]:
-    events = []
-    for line in process.log.read_text(errors="replace").splitlines():
-        try:
-            event = json.loads(line) if line.startswith("{") else {}
-        except ValueError:
-            continue  # the line the worker is writing right now
-        if event.get("job_id") == job_id:
-            events.append(event)
-    return events
+    return [event for event in process.events() if event.get("job_id") == job_id]
 
 
 @pytest.fixture

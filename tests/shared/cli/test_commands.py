@@ -171,11 +171,8 @@ def test_jobs_recover_republishes_a_job_left_queued_once(
 ) -> None:
     migrated(cli_engine, demo=True)
     with Session(cli_engine) as session:
-        job = queue_job(session, MEMBER, "delete", [reference(224)])
-        session.execute(
-            update(Job)
-            .where(Job.id == job.id)
-            .values(created_at=Job.created_at - dt.timedelta(hours=1))
+        job = queue_job(
+            session, MEMBER, "delete", [reference(224)], queued_for=dt.timedelta(hours=1)
         )
         session.commit()
         job_id = str(job.id)

@@ -17,6 +17,7 @@ from shared.ops import metrics
 from shared.ops.logs import configure_logging
 from shared.settings import Settings
 from shared.store.engine import make_engine, make_session_factory
+from shared.store.notify import FinishListener
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,9 @@ def create_app(
         sessions = make_session_factory(make_engine(settings))
     celery = create_celery(settings)
 
-    def publish_or_defer(job_id: str) -> None:
+    def publish_or_defer(job_id: str, rank: int) -> None:
         try:
-            publish_job(celery, job_id)
+            publish_job(celery, job_id, rank)
         except Exception:
             # The job row is committed: the sweeper publishes it once the broker is back.
             logger.warning("broker unavailable; job %s left for the sweeper", job_id)
@@ -54,6 +55,7 @@ def create_app(
         publish=publish if publish is not None else publish_or_defer,
         broker_ping=broker_ping,
         queue_depth=lambda: queue_depth(celery, settings.queue),
+        finish_listener=FinishListener(settings.sqlalchemy_url, settings.wait_capacity),
     )
     app.teardown_appcontext(close_db)
     register_error_handlers(app)

@@ -9,8 +9,10 @@ from flask import current_app, g
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import Settings
+from shared.store.notify import FinishListener
 
-Publisher = Callable[[str], None]
+# Sends a committed job's id, at its rank's priority, to the workers.
+Publisher = Callable[[str, int], None]
 
 
 @dataclass
@@ -20,6 +22,7 @@ class AppServices:
     publish: Publisher
     broker_ping: Callable[[], None]
     queue_depth: Callable[[], int]
+    finish_listener: FinishListener
 
 
 def services() -> AppServices:

@@ -23,15 +23,15 @@ TITLES = {
     413: "Payload too large",
     415: "Unsupported media type",
     422: "Unprocessable entity",
+    429: "Too many requests",
     500: "Internal server error",
     503: "Service unavailable",
 }
 
 
-def error_response(error: ApiError, headers: dict[str, str] | None = None) -> Response:
+def error_response(error: ApiError) -> Response:
     response = Response(error.body(), status=error.status, content_type=CONTENT_TYPE)
-    for key, value in (headers or {}).items():
-        response.headers[key] = value
+    response.headers.update(error.headers)
     return response
 
 
@@ -58,7 +58,7 @@ def register_error_handlers(app: Flask) -> None:
     def handle_database_down(error: OperationalError) -> Response:
         logger.error("database unavailable: %s", type(error.orig).__name__)
         problem = Problem(503, "Service unavailable", "the database is unavailable; try again")
-        return error_response(ApiError([problem]), {"Retry-After": "5"})
+        return error_response(ApiError([problem], headers={"Retry-After": "5"}))
 
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception) -> Response:

@@ -47,6 +47,8 @@ ERROR_DESCRIPTIONS = {
     413: "The body or the batch is too large",
     415: f"The body must be sent as {BULK_CONTENT_TYPE}",
     422: "Validation failed: see each error's source",
+    429: "Your organization has as many unfinished jobs or entries as its limits allow;"
+    " retry after Retry-After seconds",
     500: "A job failed on an internal error (its stored answer)",
     503: "The database is unavailable; retry after Retry-After seconds",
 }
@@ -417,7 +419,7 @@ def _json_api(schema: Schema, description: str, *headers: str) -> Schema:
 
 
 def _error(status: int) -> Schema:
-    headers = ("Retry-After",) if status == 503 else ()
+    headers = ("Retry-After",) if status in (429, 503) else ()
     return _json_api(ref("ErrorDocument"), ERROR_DESCRIPTIONS[status], *headers)
 
 
@@ -494,7 +496,7 @@ def _submission(
             "required": True,
             "content": {BULK_CONTENT_TYPE: {"schema": ref(DOCUMENTS[operation].__name__)}},
         },
-        "responses": _responses(answers, (*AUTHENTICATED, 413, 415, *RESULT_ERRORS)),
+        "responses": _responses(answers, (*AUTHENTICATED, 413, 415, 429, *RESULT_ERRORS)),
     }
 
 

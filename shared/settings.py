@@ -115,6 +115,11 @@ class Settings:
     retry_after: int = 1
     retention_days: int = 7
     purge_interval: int = 3600
+    # Per organization: unfinished (queued or running) jobs, and entries in them.
+    org_max_unfinished: int = 100
+    org_max_unfinished_entries: int = 1_000_000
+    # Requests one web process lets wait on `Prefer: wait` at once; the others answer at once.
+    wait_capacity: int = 4
     # Shared by the processes of one machine for prometheus_client's multiprocess mode;
     # `timebatch run` defaults it to <data_dir>/metrics.
     metrics_dir: Path | None = None
@@ -123,6 +128,11 @@ class Settings:
     def embedded(self) -> bool:
         """True when neither URL is configured: timebatch runs its own servers."""
         return self.database_url is None and self.broker_url is None
+
+    @property
+    def housekeeping_queue(self) -> str:
+        """Sweep and purge: a queue of their own, so that they never wait behind jobs."""
+        return f"{self.queue}.housekeeping"
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -164,6 +174,9 @@ class Settings:
             "TIMEBATCH_SWEEP_INTERVAL": str(self.sweep_interval),
             "TIMEBATCH_RETENTION_DAYS": str(self.retention_days),
             "TIMEBATCH_PURGE_INTERVAL": str(self.purge_interval),
+            "TIMEBATCH_ORG_MAX_UNFINISHED": str(self.org_max_unfinished),
+            "TIMEBATCH_ORG_MAX_UNFINISHED_ENTRIES": str(self.org_max_unfinished_entries),
+            "TIMEBATCH_WAIT_CAPACITY": str(self.wait_capacity),
         }
         if self.flower_basic_auth:
             env["FLOWER_BASIC_AUTH"] = self.flower_basic_auth
@@ -208,5 +221,12 @@ class Settings:
             # At least a day, so that a replayed Idempotency-Key (kept 24 hours) finds its result.
             retention_days=_int(env, "TIMEBATCH_RETENTION_DAYS", 7, minimum=1, maximum=36500),
             purge_interval=_int(env, "TIMEBATCH_PURGE_INTERVAL", 3600, minimum=60, maximum=86400),
+            org_max_unfinished=_int(
+                env, "TIMEBATCH_ORG_MAX_UNFINISHED", 100, minimum=1, maximum=10**6
+            ),
+            org_max_unfinished_entries=_int(
+                env, "TIMEBATCH_ORG_MAX_UNFINISHED_ENTRIES", 1_000_000, minimum=1, maximum=10**10
+            ),
+            wait_capacity=_int(env, "TIMEBATCH_WAIT_CAPACITY", 4, minimum=0, maximum=10_000),
             metrics_dir=_path(env, "PROMETHEUS_MULTIPROC_DIR"),
         )

@@ -27,6 +27,7 @@ from api import create_app
 from shared.cli.demo import load_demo
 from shared.devstack.embedded import start_embedded
 from shared.domain.tokens import create_token
+from shared.jobs.fairness import MAX_RANK
 from shared.settings import Settings
 from shared.store import migrate
 from shared.store.engine import make_engine
@@ -135,7 +136,7 @@ def session(sessions: sessionmaker[Session]) -> Iterator[Session]:
 class PublishLog(list[str]):
     """Job ids the app published; API tests check what would have reached the broker."""
 
-    def __call__(self, job_id: str) -> None:
+    def __call__(self, job_id: str, rank: int) -> None:
         self.append(job_id)
 
 
@@ -158,6 +159,16 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def factories(session: Session) -> Factories:
     return Factories(session)
+
+
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists that hold a queue: one per priority level (shared/jobs/queue.py)."""
+    return [queue, *(f"{queue}:{level}" for level in range(1, MAX_RANK + 1))]
+
+
+def queued(broker: redis.Redis, queue: str) -> int:
+    """Messages waiting in a queue, at every priority."""
+    return sum(broker.llen(key) for key in queue_keys(queue))
 
 
 def token_for(session: Session, person_id: int, *, read_only: bool = False) -> dict[str, str]:
@@ -222,5 +233,5 @@ def broker(settings: Settings) -> Iterator[redis.Redis | None]:
     else:
         client = redis.Redis.from_url(url)
     yield client
-    client.delete(settings.queue)
+    client.delete(*queue_keys(settings.queue), *queue_keys(settings.housekeeping_queue))
     client.close()

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from shared.domain.tokens import Principal
 from shared.jobs.submit import submit_job
+from shared.settings import Settings
 from shared.store.models import (
     ApprovalStatus,
     Job,
@@ -23,6 +24,8 @@ from shared.store.models import (
 )
 
 _ids = itertools.count(900_000)
+# The default limits, for jobs queued directly.
+DEFAULTS = Settings.from_env({})
 
 
 class Factories:
@@ -119,7 +122,9 @@ def queue_job(
     """A queued job of this bulk document's data, stored the way the API stores one;
     `queued_for` makes it as old as that (a job the sweeper should find stuck)."""
     body = orjson.dumps({"data": data})
-    job, _ = submit_job(session, principal, Operation(operation), body, {}, total=len(data))
+    job, _ = submit_job(
+        session, principal, Operation(operation), body, {}, total=len(data), settings=DEFAULTS
+    )
     if queued_for is not None:
         job.created_at -= queued_for
         session.flush()

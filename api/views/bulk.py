@@ -74,12 +74,13 @@ def _submit(operation: Operation) -> Response:
         body,
         options,
         total=len(document.data),
+        settings=settings,
         idempotency_key=key,
     )
     session.commit()
     if created:
         # Only after the commit: a worker must find the row the message names.
-        services().publish(str(job.id))
+        services().publish(str(job.id), job.rank)
     return answer_for(job, accepted=True)
 
 

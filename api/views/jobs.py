@@ -23,7 +23,6 @@ from shared.store.models import (
     JobStatus,
     Operation,
 )
-from shared.store.notify import finish_listener
 from shared.store.queries import JOB_SORTS, jobs_page
 
 blueprint = Blueprint("jobs", __name__)
@@ -110,21 +109,27 @@ def wait_for(job: Job, seconds: int) -> Job:
     """Wait until the job finishes or `seconds` pass; returns the freshest row.
 
     Wakes on the worker's notification; re-reads at least every second in case one is missed.
+    When this process already has as many waiters as it allows, answers at once: RFC 7240
+    lets a server ignore a preference.
     """
     if job.status in ENDED_STATUSES or seconds <= 0:
         return job
     deadline = time.monotonic() + seconds
     session = db()
-    job_id = str(job.id)
-    with finish_listener(session.get_bind().engine) as wait:
+    with services().finish_listener.waiting(str(job.id)) as finished:
+        if finished is None:
+            return job
         while True:
-            # A fresh snapshot, and no transaction held open while we wait.
+            # A fresh snapshot; the commit after it hands the connection back to the pool,
+            # so a waiting request holds none.
             session.commit()
             session.refresh(job)
+            session.commit()
             remaining = deadline - time.monotonic()
             if job.status in ENDED_STATUSES or remaining <= 0:
                 return job
-            wait(job_id, min(remaining, 1.0))
+            finished.wait(min(remaining, 1.0))
+            finished.clear()
 
 
 def answer_for(job: Job, *, accepted: bool) -> Response:

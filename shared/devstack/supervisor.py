@@ -65,7 +65,8 @@ PROCESSES: dict[str, list[str]] = {
         "--concurrency",
         "{worker_concurrency}",
         "--queues",
-        "{queue}",
+        # The jobs, and housekeeping (Settings.housekeeping_queue).
+        "{queue},{queue}.housekeeping",
     ],
     "beat": [
         "celery",

@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Celery
 
+from shared.jobs.fairness import MAX_RANK, message_priority
 from shared.settings import Settings
 
 PROCESS_JOB = "timebatch.process_job"
@@ -24,8 +25,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": settings.queue,
         "task_routes": {
             PROCESS_JOB: {"queue": settings.queue},
-            SWEEP_JOBS: {"queue": settings.queue},
-            PURGE_JOBS: {"queue": settings.queue},
+            # Housekeeping has a queue of its own that every worker consumes too: a sweep
+            # waits for a free worker process, never behind the jobs queued before it.
+            SWEEP_JOBS: {"queue": settings.housekeeping_queue},
+            PURGE_JOBS: {"queue": settings.housekeeping_queue},
         },
         # A job's effect commits with its status; acking late means a lost worker's job is
         # delivered again, and the job lock makes the second delivery harmless.
@@ -38,7 +41,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # the hard limit so a healthy long job is not handed to a second worker.
         # max_retries 0: a publish to a dead broker fails at once instead of retrying for
         # seconds inside a web request (the sweeper publishes the job later).
-        "broker_transport_options": {"visibility_timeout": hard_limit * 4, "max_retries": 0},
+        "broker_transport_options": {
+            "visibility_timeout": hard_limit * 4,
+            "max_retries": 0,
+            # Redis: one list per level, a free worker takes from the first non-empty one
+            # (shared/jobs/fairness.py); housekeeping, sent without a priority, goes first.
+            "priority_steps": list(range(MAX_RANK + 1)),
+            "sep": ":",
+            "queue_order_strategy": "priority",
+        },
         "broker_connection_retry_on_startup": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # A web request must not hang on a dead broker: the job row is stored already and the
@@ -58,9 +69,13 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
-def publish_job(app: Celery, job_id: str) -> None:
-    """Send the job id (only the id) to the workers. Call after the job row is committed."""
-    app.send_task(PROCESS_JOB, args=[job_id], retry=False)
+def publish_job(app: Celery, job_id: str, rank: int) -> None:
+    """Send the job id (only the id) to the workers. Call after the job row is committed.
+
+    The task id is the job id, so Flower finds a job by its id; the priority is its rank's.
+    """
+    priority = message_priority(rank, app.conf.broker_url)
+    app.send_task(PROCESS_JOB, args=[job_id], task_id=job_id, priority=priority, retry=False)
 
 
 def queue_depth(app: Celery, queue: str) -> int:

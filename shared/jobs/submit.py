@@ -11,12 +11,13 @@ import uuid
 from typing import Any
 
 import orjson
-from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session, defer
 
 from shared.domain.tokens import Principal
+from shared.jobs.fairness import admit, load_of, lock_organization
 from shared.jsonapi.errors import ApiError
+from shared.settings import Settings
 from shared.store.models import Job, JobStatus, Operation
 
 
@@ -35,49 +36,53 @@ def submit_job(
     options: dict[str, Any],
     *,
     total: int,
+    settings: Settings,
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
     """Store a queued job; returns it and whether it is new (False: an idempotent replay).
 
     `body` is the bulk document as received and checked, `total` its number of resources;
-    it is stored as it is, and the worker decodes it.
+    it is stored as it is, and the worker decodes it. A new job past the organization's
+    limits is refused with a 429; a replay of an existing one never is.
     """
     digest = fingerprint(operation, body, options)
-    values = {
-        "organization_id": principal.organization_id,
-        "person_id": principal.person_id,
-        "operation": operation,
-        "batch": body,
-        "options": options,
-        "idempotency_key": idempotency_key,
-        "request_hash": digest,
-        "total": total,
-    }
-    statement = pg_insert(Job).values(**values)
-    if idempotency_key is not None:
-        # Two racing requests with one key: the unique index lets exactly one insert win.
-        statement = statement.on_conflict_do_nothing(
-            index_elements=["organization_id", "idempotency_key"],
-            index_where=text("idempotency_key IS NOT NULL"),
-        )
-    job_id = session.scalar(statement.returning(Job.id))
+    organization_id = principal.organization_id
+    lock_organization(session, organization_id)
     # The stored batch can be megabytes: the submitting request has it already.
     without_batch = select(Job).options(defer(Job.batch), defer(Job.result_body))
-    if job_id is not None:
-        return session.scalars(without_batch.where(Job.id == job_id)).one(), True
-    existing = session.scalars(
-        without_batch.where(
-            Job.organization_id == principal.organization_id,
-            Job.idempotency_key == idempotency_key,
+    if idempotency_key is not None:
+        # Under the organization's lock: a racing request with the same key is seen here.
+        existing = session.scalars(
+            without_batch.where(
+                Job.organization_id == organization_id, Job.idempotency_key == idempotency_key
+            )
+        ).one_or_none()
+        if existing is not None:
+            if existing.request_hash != digest or existing.operation != operation:
+                raise ApiError.one(
+                    422,
+                    "Idempotency key reused",
+                    "this Idempotency-Key was already used with a different request",
+                )
+            return existing, False
+    load = load_of(session, organization_id)
+    admit(session, organization_id, load, total, settings)
+    job_id = session.scalar(
+        insert(Job)
+        .values(
+            organization_id=organization_id,
+            person_id=principal.person_id,
+            operation=operation,
+            batch=body,
+            options=options,
+            idempotency_key=idempotency_key,
+            request_hash=digest,
+            total=total,
+            rank=load.next_rank(),
         )
-    ).one()
-    if existing.request_hash != digest or existing.operation != operation:
-        raise ApiError.one(
-            422,
-            "Idempotency key reused",
-            "this Idempotency-Key was already used with a different request",
-        )
-    return existing, False
+        .returning(Job.id)
+    )
+    return session.scalars(without_batch.where(Job.id == job_id)).one(), True
 
 
 def find_job(session: Session, organization_id: int, job_id: str) -> Job | None:

@@ -23,14 +23,17 @@ from shared.store.models import Job, JobStatus
 logger = logging.getLogger(__name__)
 
 
-def stuck_jobs(session: Session, *, queued_grace: int, lease: int, limit: int = 500) -> list[str]:
-    """Claim up to `limit` stuck jobs for re-publishing; the caller publishes after commit."""
+def stuck_jobs(
+    session: Session, *, queued_grace: int, lease: int, limit: int = 500
+) -> list[tuple[str, int]]:
+    """Claim up to `limit` stuck jobs for re-publishing, with their ranks; the caller
+    publishes after commit."""
     now = dt.datetime.now(dt.UTC)
     queued_before = now - dt.timedelta(seconds=queued_grace)
     heartbeat_before = now - dt.timedelta(seconds=lease)
-    ids = list(
-        session.scalars(
-            select(Job.id)
+    claimed = list(
+        session.execute(
+            select(Job.id, Job.rank)
             .where(
                 or_(
                     (Job.status == JobStatus.QUEUED)
@@ -56,17 +59,18 @@ def stuck_jobs(session: Session, *, queued_grace: int, lease: int, limit: int = 
             .with_for_update(skip_locked=True)
         )
     )
-    if ids:
+    if claimed:
+        ids = [job_id for job_id, _ in claimed]
         session.execute(update(Job).where(Job.id.in_(ids)).values(published_at=now))
-    return [str(i) for i in ids]
+    return [(str(job_id), rank) for job_id, rank in claimed]
 
 
 def recover_jobs(engine: Engine, settings: Settings, app: Celery) -> int:
     """Re-publish stuck jobs; returns how many. Publishing happens after the claim commits."""
     with Session(engine) as session, session.begin():
         ids = stuck_jobs(session, queued_grace=settings.queued_grace, lease=settings.job_lease)
-    for job_id in ids:
-        publish_job(app, job_id)
+    for job_id, rank in ids:
+        publish_job(app, job_id, rank)
     if ids:
         metrics.metrics().sweeper_republished.labels(settings.queue).inc(len(ids))
         logger.warning("re-published %d stuck jobs", len(ids))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +38,18 @@ class Problem:
 class ApiError(Exception):
     """One or more problems that end a request or a job; nothing they name was changed."""
 
-    def __init__(self, problems: Sequence[Problem], status: int | None = None) -> None:
+    def __init__(
+        self,
+        problems: Sequence[Problem],
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         if not problems:
             raise ValueError("an ApiError needs at least one problem")
         self.problems = list(problems)
         self.status = status if status is not None else document_status(self.problems)
+        # Sent with the answer to a request (Retry-After); never stored with a job's result.
+        self.headers = dict(headers or {})
         super().__init__(self.problems[0].detail)
 
     @classmethod

@@ -21,6 +21,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     Numeric,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -290,6 +291,12 @@ class Job(Base):
             "created_at",
             postgresql_where=text(f"status IN ({_sql_list(UNFINISHED_STATUSES)})"),
         ),
+        # The count of an organization's unfinished jobs, taken at every submission.
+        Index(
+            "ix_jobs_organization_id_unfinished",
+            "organization_id",
+            postgresql_where=text(f"status IN ({_sql_list(UNFINISHED_STATUSES)})"),
+        ),
         # The retention purge's scan: finished jobs whose batch and result are still stored.
         Index(
             "ix_jobs_finished_at_unpurged",
@@ -311,6 +318,8 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     total: Mapped[int] = mapped_column(Integer)
+    # Its place in its organization's line when submitted: dispatch order across organizations.
+    rank: Mapped[int] = mapped_column(SmallInteger, server_default=ZERO)
     processed: Mapped[int] = mapped_column(Integer, server_default=ZERO)
     attempts: Mapped[int] = mapped_column(Integer, server_default=ZERO)
     error_count: Mapped[int] = mapped_column(Integer, server_default=ZERO)

@@ -80,7 +80,7 @@ def test_rolled_back_request_publishes_nothing(
     failing = sessionmaker(
         bind=sessions.kw["bind"], class_=FailingCommit, join_transaction_mode="create_savepoint"
     )
-    app = create_app(settings, sessions=failing, publish=published.append)
+    app = create_app(settings, sessions=failing, publish=published)
     before = jobs_count(session)
     response = post(app.test_client(), auth(), {"data": [entry()]})
     assert response.status_code == 500
@@ -175,7 +175,7 @@ def test_database_down_is_503(settings: Settings, auth: Any) -> None:
 
     down = dataclasses.replace(settings, database_url="postgresql+psycopg://nobody@127.0.0.1:9/x")
     engine = make_engine(down)
-    app = create_app(down, sessions=make_session_factory(engine), publish=lambda _: None)
+    app = create_app(down, sessions=make_session_factory(engine), publish=lambda _job, _rank: None)
     app.test_client_class = CheckedClient
     response = post(
         app.test_client(),
@@ -192,7 +192,7 @@ def test_oversized_body_is_413(
     settings: Settings, sessions: sessionmaker[Session], auth: Any
 ) -> None:
     small = dataclasses.replace(settings, max_body_bytes=2048)
-    app = create_app(small, sessions=sessions, publish=lambda _: None)
+    app = create_app(small, sessions=sessions, publish=lambda _job, _rank: None)
     response = post(app.test_client(), auth(), {"data": [entry(note="x" * 4000)]})
     assert response.status_code == 413
     assert response.json["errors"][0]["status"] == "413"
@@ -202,7 +202,7 @@ def test_batch_over_the_limit_is_413_naming_it(
     settings: Settings, sessions: sessionmaker[Session], auth: Any
 ) -> None:
     limited = dataclasses.replace(settings, max_batch_size=3)
-    app = create_app(limited, sessions=sessions, publish=lambda _: None)
+    app = create_app(limited, sessions=sessions, publish=lambda _job, _rank: None)
     response = post(app.test_client(), auth(), {"data": [entry()] * 4})
     assert response.status_code == 413
     assert "at most 3 entries" in response.json["errors"][0]["detail"]

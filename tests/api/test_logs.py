@@ -118,7 +118,7 @@ def test_records_of_other_loggers_during_a_request_carry_its_ids(
     assert warning.organization_id == "2110"  # type: ignore[attr-defined]
 
 
-def _failing_publish(job_id: str) -> None:
+def _failing_publish(job_id: str, rank: int) -> None:
     logging.getLogger("test.publish").warning("could not publish %s", job_id)
 
 

@@ -111,8 +111,9 @@ def test_queue_depth_is_read_from_the_broker(
     client = app.test_client()
     assert value(scrape(client), "timebatch_queue_depth", queue=own_queue.queue) == 0
     celery = create_celery(own_queue)
-    for _ in range(3):
-        publish_job(celery, str(uuid.uuid4()))
+    # At three priorities: the depth counts every level.
+    for rank in (0, 4, 9):
+        publish_job(celery, str(uuid.uuid4()), rank)
     assert value(scrape(client), "timebatch_queue_depth", queue=own_queue.queue) == 3
 
 

@@ -51,7 +51,8 @@ class WorkerProcess:
         celery = str(Path(sys.executable).parent / "celery")
         command = [
             celery, "-A", "worker.main", "worker", "--loglevel", "INFO",
-            "--concurrency", "2", "--queues", self.settings.queue,
+            "--concurrency", "2",
+            "--queues", f"{self.settings.queue},{self.settings.housekeeping_queue}",
             "--hostname", f"{self.name}@%h", "--without-gossip", "--without-mingle",
         ]  # fmt: skip
         self.log.write_bytes(b"")

@@ -34,6 +34,7 @@ from shared.domain.tokens import hash_token
 from shared.settings import Settings
 from shared.store.engine import make_session_factory
 from shared.store.models import ApiToken, Job, TimeEntry
+from tests.conftest import PublishLog
 from tests.e2e.conftest import WorkerProcess
 
 pytestmark = pytest.mark.e2e
@@ -97,10 +98,8 @@ def server(client_worker: GracefulWorker, e2e_db: Engine) -> Iterator[str]:
 def idle_server(e2e_settings: Settings, e2e_db: Engine) -> Iterator[tuple[str, list[str]]]:
     """A server whose jobs reach no worker: they stay queued. Yields its URL and the ids of
     the jobs it would have published."""
-    unpublished: list[str] = []
-    app = create_app(
-        e2e_settings, sessions=make_session_factory(e2e_db), publish=unpublished.append
-    )
+    unpublished = PublishLog()
+    app = create_app(e2e_settings, sessions=make_session_factory(e2e_db), publish=unpublished)
     with serving(app) as url:
         yield url, unpublished
 

@@ -25,6 +25,7 @@ from shared.settings import Settings
 from shared.store.engine import make_session_factory
 from shared.store.models import Job, TimeEntry
 from tests.checked_client import CheckedClient
+from tests.conftest import queue_keys, queued
 from tests.e2e.conftest import WorkerProcess
 from tests.e2e.test_pipeline import create_doc, entry_count
 from tests.jobclient import JobClient, eventually
@@ -195,8 +196,8 @@ def test_queued_messages_lost_with_the_broker(
         fault_client.submit("POST", "/api/v2/time_entries", create_doc(10), headers)
         for _ in range(20)
     ]
-    assert broker.llen(fault_settings.queue) == 20
-    broker.delete(fault_settings.queue)  # the broker lost every queued message
+    assert queued(broker, fault_settings.queue) == 20
+    broker.delete(*queue_keys(fault_settings.queue))  # the broker lost every queued message
     start_worker()
     job_ids = [a.json["data"]["id"] for a in accepted]  # type: ignore[index]
     as_if_time_passed(e2e_db, job_ids, fault_settings.queued_grace + 1)

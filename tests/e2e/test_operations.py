@@ -32,6 +32,7 @@ from shared.settings import Settings
 from shared.store.engine import make_session_factory
 from shared.store.models import Job
 from tests.checked_client import CheckedClient
+from tests.conftest import queue_keys
 from tests.e2e.conftest import WorkerProcess
 from tests.factories import queue_job, reference
 from tests.jobclient import JobClient, eventually
@@ -78,7 +79,7 @@ def ops_worker(ops_settings: Settings, run_id: str, broker: Any) -> Iterator[Wor
     yield process
     process.stop()
     if broker is not None:
-        broker.delete(ops_settings.queue)
+        broker.delete(*queue_keys(ops_settings.queue))
 
 
 @pytest.fixture
@@ -177,7 +178,7 @@ def test_sweeper_republishes_are_counted(
         assert moved(before, after, name, queue=settings.queue) == 1
     finally:
         if broker is not None:
-            broker.delete(settings.queue)
+            broker.delete(*queue_keys(settings.queue))
 
 
 def expired_job(engine: Engine) -> str:

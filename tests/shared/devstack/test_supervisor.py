@@ -98,7 +98,8 @@ def test_stack_commands_follow_settings(tmp_path: Path) -> None:
     assert args == {
         "web": "--bind 0.0.0.0:8123 --workers 3 --worker-class gthread --threads 8"
         " --timeout 120 --config python:api.gunicorn_config api.wsgi:app",
-        "worker": "-A worker.main worker --loglevel INFO --concurrency 4 --queues q-test",
+        "worker": "-A worker.main worker --loglevel INFO --concurrency 4"
+        " --queues q-test,q-test.housekeeping",
         "beat": "-A worker.main beat --loglevel INFO"
         f" --schedule {base.data_dir}/celerybeat-schedule",
         "flower": "-A worker.main flower --port=5555",

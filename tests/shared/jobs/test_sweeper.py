@@ -39,10 +39,10 @@ def test_stuck_jobs_are_claimed_with_backoff(session: Session) -> None:
     alive_worker = job(session, "running", created_at=10, heartbeat_at=0.1, published_at=None)
     finished = job(session, "succeeded", created_at=10, published_at=None)
 
-    claimed = set(stuck_jobs(session, queued_grace=60, lease=120))
+    claimed = {job_id for job_id, _ in stuck_jobs(session, queued_grace=60, lease=120)}
 
     mine = {never_published, republished_early, republished_late, young, dead_worker}
     mine |= {alive_worker, finished}
     assert claimed & mine == {never_published, republished_early, dead_worker}
     # Claimed jobs are stamped, so the next sweep leaves them alone for a while.
-    assert set(stuck_jobs(session, queued_grace=60, lease=120)) & mine == set()
+    assert {job_id for job_id, _ in stuck_jobs(session, queued_grace=60, lease=120)} & mine == set()

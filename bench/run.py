@@ -24,8 +24,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 
+from bench import fairness
 from bench.client import Client, Outcome, clock_offset
 from bench.documents import ADMIN, MEMBER, ORGANIZATION, create_body, refs_body, update_body
 from bench.floor import Floor
@@ -133,6 +134,7 @@ class Bench:
         self.member = Client.headers(stack.tokens[MEMBER], ORGANIZATION)
         self.admin = Client.headers(stack.tokens[ADMIN], ORGANIZATION)
         self.naive_rate: float | None = None
+        self.scenario: fairness.Scenario | None = None
 
     # ----------------------------------------------------------------------------- helpers
 
@@ -289,6 +291,7 @@ class Bench:
                 self.notes.append(note)
             return
         naive = self.stack.naive
+        assert naive is not None
         url = self.stack.naive_url + "/api/v2/time_entries"
         outcome = self.measured(
             (naive,), lambda: self.client.post_sync(url, body, self.member, expect=201)
@@ -431,6 +434,8 @@ class Bench:
                 else f"completed, worker peak {peak:,.0f} MiB (largest of all runs)",
             )
         )
+        if self.scenario is not None:
+            found.extend(self.scenario.ratios())
         return found
 
     def floor_breakdown(self) -> list[str]:
@@ -479,6 +484,7 @@ def render(bench: Bench, env: dict[str, Any]) -> str:
         table(bench.ordered_rows()),
         "",
         *bench.floor_breakdown(),
+        *(bench.scenario.lines() if bench.scenario is not None else ()),
         "",
         "ratios (same run, same database):",
         *(r.line() for r in bench.ratios()),
@@ -516,6 +522,17 @@ def write_json(bench: Bench, env: dict[str, Any], started: dt.datetime) -> Path:
     return path
 
 
+@contextmanager
+def last_output_on_error(parts: Stack) -> Iterator[None]:
+    try:
+        yield
+    except Exception:
+        for child in (parts.web, parts.worker, parts.naive):
+            if child is not None:
+                say(f"--- last output of {child.name} ---\n{child.tail()}")
+        raise
+
+
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
@@ -547,23 +564,26 @@ def _run(args: argparse.Namespace, base: Settings, started: dt.datetime) -> int:
         if args.logs is not None:
             # Runs after everything has stopped, on error too.
             stack.callback(shutil.copytree, workdir / "logs", args.logs, dirs_exist_ok=True)
-        say("starting PostgreSQL, Redis, web, worker and the naive peer ...")
-        t = time.monotonic()
-        parts = open_stack(base, workdir, stack, (MEMBER, ADMIN))
-        say(f"stack up in {time.monotonic() - t:.1f} s")
-        floor = Floor(parts.settings.sqlalchemy_url, ORGANIZATION, MEMBER)
-        stack.callback(floor.close)
-        offset = clock_offset(parts.engine)
-        client = Client(parts.web_url, parts.engine, offset)
-        stack.callback(client.close)
-        bench = Bench(parts, floor, client, args)
-        try:
-            bench.run()
-        except Exception:
-            for child in (parts.web, parts.worker, parts.naive):
-                say(f"--- last output of {child.name} ---\n{child.tail()}")
-            raise
-        env = environment(parts, offset)
+        with ExitStack() as measured:
+            say("starting PostgreSQL, Redis, web, worker and the naive peer ...")
+            t = time.monotonic()
+            parts = open_stack(base, workdir / "pipeline", measured, (MEMBER, ADMIN))
+            say(f"stack up in {time.monotonic() - t:.1f} s")
+            floor = Floor(parts.settings.sqlalchemy_url, ORGANIZATION, MEMBER)
+            measured.callback(floor.close)
+            offset = clock_offset(parts.engine)
+            client = Client(parts.web_url, parts.engine, offset)
+            measured.callback(client.close)
+            bench = Bench(parts, floor, client, args)
+            with last_output_on_error(parts):
+                bench.run()
+            env = environment(parts, offset)
+        with ExitStack() as shared:
+            say("starting a stack with two worker processes for the shared-service scenario ...")
+            service = fairness.open_fairness_stack(base, workdir / "fairness", shared)
+            with last_output_on_error(service):
+                scenario = fairness.run(service, say)
+            bench.scenario = scenario
         print(render(bench, env), flush=True)
         path = write_json(bench, env, started)
         print(

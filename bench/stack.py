@@ -54,7 +54,7 @@ def free_port() -> int:
         return port
 
 
-def bench_settings(base: Settings, workdir: Path) -> Settings:
+def bench_settings(base: Settings, workdir: Path, worker_concurrency: int = 1) -> Settings:
     """The settings of the measured stack: the batch limit raised by configuration."""
     return dataclasses.replace(
         base,
@@ -62,7 +62,7 @@ def bench_settings(base: Settings, workdir: Path) -> Settings:
         port=free_port(),
         demo=False,
         web_concurrency=2,
-        worker_concurrency=1,
+        worker_concurrency=worker_concurrency,
         # Our own queue: with a shared broker no other worker takes our jobs.
         queue=f"timebatch-bench-{os.getpid()}",
         max_batch_size=max(base.max_batch_size, MAX_BATCH),
@@ -197,7 +197,7 @@ class Stack:
     tokens: dict[int, str]
     web: Child
     worker: Child
-    naive: Child
+    naive: Child | None
     web_url: str
     naive_url: str
     embedded: bool
@@ -210,9 +210,17 @@ def child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def open_stack(base: Settings, workdir: Path, stack: ExitStack, people: tuple[int, ...]) -> Stack:
+def open_stack(
+    base: Settings,
+    workdir: Path,
+    stack: ExitStack,
+    people: tuple[int, ...],
+    *,
+    worker_concurrency: int = 1,
+    naive: bool = True,
+) -> Stack:
     """Start everything; every part is registered on ``stack`` to be stopped in reverse order."""
-    settings = bench_settings(base, workdir)
+    settings = bench_settings(base, workdir, worker_concurrency)
     logs = workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     settings = stack.enter_context(embedded_settings(settings))
@@ -232,11 +240,34 @@ def open_stack(base: Settings, workdir: Path, stack: ExitStack, people: tuple[in
     stack.callback(web.stop)
     worker = start_child("worker", worker_argv, env, logs)
     stack.callback(worker.stop)
+    web_url = f"http://127.0.0.1:{settings.port}"
     naive_port = free_port()
+    naive_url = f"http://127.0.0.1:{naive_port}"
+    peer = start_naive(env, logs, workdir, naive_port, stack) if naive else None
+    wait_http(web, f"{web_url}/healthz")
+    wait_log(worker, b" ready.")
+    if peer is not None:
+        wait_http(peer, f"{naive_url}/healthz")
+    return Stack(
+        settings=settings,
+        engine=engine,
+        tokens=tokens,
+        web=web,
+        worker=worker,
+        naive=peer,
+        web_url=web_url,
+        naive_url=naive_url,
+        embedded=base.embedded,
+    )
+
+
+def start_naive(
+    env: dict[str, str], logs: Path, workdir: Path, port: int, stack: ExitStack
+) -> Child:
     naive_argv = [
         executable("gunicorn"),
         "--bind",
-        f"127.0.0.1:{naive_port}",
+        f"127.0.0.1:{port}",
         "--workers",
         "1",
         "--worker-class",
@@ -248,20 +279,4 @@ def open_stack(base: Settings, workdir: Path, stack: ExitStack, people: tuple[in
     naive_argv = control_socket(naive_argv, workdir / "naive.ctl")
     naive = start_child("naive", naive_argv, env, logs)
     stack.callback(naive.stop)
-
-    web_url = f"http://127.0.0.1:{settings.port}"
-    naive_url = f"http://127.0.0.1:{naive_port}"
-    wait_http(web, f"{web_url}/healthz")
-    wait_log(worker, b" ready.")
-    wait_http(naive, f"{naive_url}/healthz")
-    return Stack(
-        settings=settings,
-        engine=engine,
-        tokens=tokens,
-        web=web,
-        worker=worker,
-        naive=naive,
-        web_url=web_url,
-        naive_url=naive_url,
-        embedded=base.embedded,
-    )
+    return naive

@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.jsonapi.errors import ApiError, Problem
+from shared.ops import metrics
 from shared.settings import Settings
 from shared.store.models import UNFINISHED_STATUSES, Job, JobStatus, Organization
 
@@ -104,6 +105,7 @@ def admit(
     else:
         return
     seconds = retry_after(session, organization_id, drain, settings.retry_after)
+    metrics.metrics().submissions_refused.labels(problem.code).inc()
     raise ApiError([problem], headers={"Retry-After": str(seconds)})
 
 

@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from shared.store.models import Job, JobStatus, Operation
+from shared.store.models import UNFINISHED_STATUSES, Job, JobStatus, Operation
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,12 @@ class Metrics:
             ["queue"],
             registry=registry,
         )
+        self.submissions_refused = Counter(
+            "timebatch_submissions_refused",
+            "Submissions refused with 429, by the organization limit they would have passed",
+            ["limit"],
+            registry=registry,
+        )
         self.jobs_purged = Counter(
             "timebatch_retention_purged_jobs",
             "Finished jobs whose batch and result retention dropped",
@@ -163,6 +169,26 @@ def job_counts(session: Session) -> dict[tuple[str, str], int]:
     return {(operation, status): count for operation, status, count in rows}
 
 
+# Organizations with a series of their own; the rest are summed as "other", so that the
+# number of series stays bounded however many organizations there are.
+TOP_ORGANIZATIONS = 10
+
+
+def unfinished_by_organization(session: Session) -> list[tuple[str, int, int]]:
+    """(organization, unfinished jobs, entries in them): the most loaded first, then "other"."""
+    rows = session.execute(
+        select(Job.organization_id, func.count(), func.sum(Job.total))
+        .where(Job.status.in_(UNFINISHED_STATUSES))
+        .group_by(Job.organization_id)
+        .order_by(func.count().desc(), Job.organization_id)
+    ).all()
+    found = [(str(org), int(jobs), int(entries)) for org, jobs, entries in rows]
+    top, rest = found[:TOP_ORGANIZATIONS], found[TOP_ORGANIZATIONS:]
+    if rest:
+        top.append(("other", sum(r[1] for r in rest), sum(r[2] for r in rest)))
+    return top
+
+
 @dataclass
 class StateCollector:
     """Jobs by operation and status from the database, queue depth from the broker."""
@@ -177,6 +203,7 @@ class StateCollector:
         )
         try:
             counts = job_counts(self.session)
+            loads = unfinished_by_organization(self.session)
         except SQLAlchemyError:
             logger.warning("metrics: the database did not answer", exc_info=True)
             self.session.rollback()
@@ -192,6 +219,21 @@ class StateCollector:
                 for status in JobStatus:
                     jobs.add_metric([operation, status], counts.get((operation, status), 0))
             yield jobs
+            unfinished = GaugeMetricFamily(
+                "timebatch_organization_unfinished_jobs",
+                f"Queued or running jobs of the {TOP_ORGANIZATIONS} most loaded organizations",
+                labels=["organization"],
+            )
+            entries = GaugeMetricFamily(
+                "timebatch_organization_unfinished_entries",
+                "Entries in those jobs",
+                labels=["organization"],
+            )
+            for organization, count, total in loads:
+                unfinished.add_metric([organization], count)
+                entries.add_metric([organization], total)
+            yield unfinished
+            yield entries
         try:
             depth = self.queue_depth()
         except Exception:

@@ -17,12 +17,16 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
+from shared.domain.tokens import Principal
 from shared.jobs.queue import create_celery, publish_job
+from shared.ops.metrics import TOP_ORGANIZATIONS
 from shared.settings import Settings
 from tests.checked_client import CheckedClient
-from tests.conftest import BULK
-from tests.factories import create_resource
+from tests.conftest import BULK, PublishLog
+from tests.factories import Factories, create_resource, queue_job, reference
 from tests.scraping import scrape, value
+
+MEMBER = Principal(person_id=7781, organization_id=2110, read_only=False)
 
 
 def test_metrics_need_no_token_and_report_what_answered(client: FlaskClient) -> None:
@@ -93,6 +97,43 @@ def test_jobs_are_gauged_by_operation_and_status(client: FlaskClient, auth: Any)
         )
 
     assert (moved("queued"), moved("canceled")) == (1, 1)
+
+
+def test_unfinished_work_is_gauged_per_organization_with_the_rest_as_other(
+    settings: Settings, sessions: sessionmaker[Session], session: Session, auth: Any
+) -> None:
+    for _ in range(3):
+        queue_job(session, MEMBER, "create", [create_resource(), create_resource()])
+    for _ in range(TOP_ORGANIZATIONS + 2):
+        made = Factories(session).organization()
+        person = Factories(session).person(made.id)
+        queue_job(session, Principal(person.id, made.id, False), "delete", [reference(1)])
+    limited = dataclasses.replace(settings, org_max_unfinished=3)
+    app = create_app(limited, sessions=sessions, publish=PublishLog())
+    app.test_client_class = CheckedClient
+    client = app.test_client()
+    before = scrape(client)
+    refused = client.post(
+        "/api/v2/time_entries",
+        data=orjson.dumps({"data": [create_resource()]}),
+        headers=auth() | {"Content-Type": BULK},
+    )
+    assert refused.status_code == 429
+    after = scrape(client)
+    jobs = "timebatch_organization_unfinished_jobs"
+    entries = "timebatch_organization_unfinished_entries"
+    assert value(after, jobs, organization="2110") >= 3
+    assert value(after, entries, organization="2110") >= 6
+    series = {labels for name, labels in after if name == jobs}
+    # The most loaded organizations by name, every other one summed: bounded whatever comes.
+    assert len(series) == TOP_ORGANIZATIONS + 1
+    assert value(after, jobs, organization="other") >= 2
+    name = "timebatch_submissions_refused_total"
+    assert (
+        value(after, name, limit="org_max_unfinished")
+        - value(before, name, limit="org_max_unfinished")
+        == 1
+    )
 
 
 @pytest.fixture

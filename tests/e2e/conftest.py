@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,23 @@ class WorkerProcess:
             if match and match["job"] == job_id:
                 found.append(match["outcome"])
         return found
+
+
+@pytest.fixture
+def worker_factory(run_id: str) -> Iterator[Callable[[Settings], WorkerProcess]]:
+    """Starts a worker of its own for these settings' queue; all are stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings) -> WorkerProcess:
+        name = f"worker{len(started)}-{run_id}"
+        process = WorkerProcess(settings, settings.data_dir / f"{name}.log", name)
+        started.append(process)
+        process.start()
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,6 @@ from shared.store.engine import make_session_factory
 from shared.store.models import Job, TimeEntry
 from tests.checked_client import CheckedClient
 from tests.conftest import BULK, PublishLog
-from tests.e2e.conftest import WorkerProcess
 from tests.jobclient import JobClient
 
 # A member with a cost rate and a service of each demo organization.
@@ -57,26 +56,6 @@ def document(organization: int, n: int) -> bytes:
 @pytest.fixture
 def own_settings(e2e_settings: Settings, request: pytest.FixtureRequest) -> Settings:
     return dataclasses.replace(e2e_settings, queue=f"{e2e_settings.queue}-{request.node.name}")
-
-
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for process in started:
-        process.stop()
-
-
-@pytest.fixture
-def start_worker(workers: list[WorkerProcess], run_id: str) -> Any:
-    def start(settings: Settings) -> WorkerProcess:
-        name = f"fair{len(workers)}-{run_id}"
-        process = WorkerProcess(settings, settings.data_dir / f"{name}.log", name)
-        workers.append(process)
-        process.start()
-        return process
-
-    return start
 
 
 def client_for(settings: Settings, engine: Engine, **kwargs: Any) -> JobClient:
@@ -116,9 +95,9 @@ def job_id(response: Any) -> str:
 
 
 def test_a_trickling_organization_passes_two_floods_and_each_keeps_its_order(
-    own_settings: Settings, e2e_db: Engine, e2e_auth: Any, start_worker: Any
+    own_settings: Settings, e2e_db: Engine, e2e_auth: Any, worker_factory: Any
 ) -> None:
-    start_worker(own_settings)  # two processes
+    worker_factory(own_settings)  # two processes
     client = client_for(own_settings, e2e_db)
     headers = {org: e2e_auth(person) for org, (person, _) in MEMBERS.items()}
     floods: dict[int, list[str]] = {2110: [], 2111: []}
@@ -169,7 +148,7 @@ def test_a_trickling_organization_passes_two_floods_and_each_keeps_its_order(
 
 
 def test_past_the_limit_a_submission_is_refused_with_retry_after_and_nothing_is_lost(
-    own_settings: Settings, e2e_db: Engine, e2e_auth: Any, start_worker: Any
+    own_settings: Settings, e2e_db: Engine, e2e_auth: Any, worker_factory: Any
 ) -> None:
     settings = dataclasses.replace(own_settings, org_max_unfinished=3)
     client = client_for(settings, e2e_db)
@@ -203,7 +182,7 @@ def test_past_the_limit_a_submission_is_refused_with_retry_after_and_nothing_is_
     other = client.submit("POST", "/api/v2/time_entries", document(2112, 1), e2e_auth(8881))
     ids.append(job_id(other))
 
-    start_worker(settings)
+    worker_factory(settings)
     # The refused client does as told: waits Retry-After, then sends again.
     deadline = time.monotonic() + 60
     while refused.status_code == 429:
@@ -261,10 +240,10 @@ def test_the_entries_limit_counts_entries_in_unfinished_jobs(
 
 
 def test_the_sweeper_republishes_a_lost_job_during_a_flood(
-    own_settings: Settings, e2e_db: Engine, e2e_auth: Any, start_worker: Any
+    own_settings: Settings, e2e_db: Engine, e2e_auth: Any, worker_factory: Any
 ) -> None:
     settings = dataclasses.replace(own_settings, queued_grace=1)
-    start_worker(settings)
+    worker_factory(settings)
     client = client_for(settings, e2e_db)
     flood = [
         job_id(client.submit("POST", "/api/v2/time_entries", document(2110, 3000), e2e_auth(7781)))
@@ -338,7 +317,7 @@ def web(own_settings: Settings, e2e_db: Engine) -> Iterator[str]:
 
 
 def test_sixty_four_waiting_clients_get_correct_answers_and_health_stays_fast(
-    own_settings: Settings, e2e_db: Engine, e2e_auth: Any, start_worker: Any, web: str
+    own_settings: Settings, e2e_db: Engine, e2e_auth: Any, worker_factory: Any, web: str
 ) -> None:
     headers = {"Content-Type": BULK, "Accept": BULK, **e2e_auth(7781)}
     # A backlog, so that the waited-for jobs are still queued when the waiters arrive.
@@ -346,7 +325,7 @@ def test_sixty_four_waiting_clients_get_correct_answers_and_health_stays_fast(
         requests.post(
             f"{web}/api/v2/time_entries", data=document(2110, 3000), headers=headers, timeout=30
         ).raise_for_status()
-    start_worker(own_settings)
+    worker_factory(own_settings)
     go = threading.Barrier(64)
 
     def wait(n: int) -> tuple[int, int, str | None]:

@@ -26,7 +26,6 @@ from shared.store.engine import make_session_factory
 from shared.store.models import Job, TimeEntry
 from tests.checked_client import CheckedClient
 from tests.conftest import queue_keys, queued
-from tests.e2e.conftest import WorkerProcess
 from tests.e2e.test_pipeline import create_doc, entry_count
 from tests.jobclient import JobClient, eventually
 from worker.app import create_worker_app
@@ -50,25 +49,8 @@ def fault_client(fault_settings: Settings, e2e_db: Engine) -> JobClient:
 
 
 @pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for process in started:
-        process.stop()
-
-
-@pytest.fixture
-def start_worker(workers: list[WorkerProcess], fault_settings: Settings, run_id: str) -> Any:
-    def make() -> WorkerProcess:
-        n = len(workers)
-        process = WorkerProcess(
-            fault_settings, fault_settings.data_dir / f"fault-worker-{n}.log", f"fault{n}-{run_id}"
-        )
-        workers.append(process)
-        process.start()
-        return process
-
-    return make
+def start_worker(worker_factory: Any, fault_settings: Settings) -> Any:
+    return lambda: worker_factory(fault_settings)
 
 
 def job_row(engine: Engine, job_id: str) -> Job:

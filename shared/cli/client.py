@@ -152,13 +152,16 @@ def poll_interval(retry_after: str | None) -> float:
 
 
 def error_lines(document: Any) -> list[str]:
-    """`POINTER -> detail` for each error, the parameter or title where there is no pointer."""
+    """`POINTER -> detail` for each error (or its parameter); `title: detail` for an error
+    about the request as a whole."""
     lines = []
     errors = document.get("errors") if isinstance(document, dict) else None
     for error in errors or []:
         source = error.get("source") or {}
-        where = source.get("pointer") or source.get("parameter") or error.get("title", "error")
-        lines.append(f"{where} -> {error.get('detail', error.get('title', ''))}")
+        where = source.get("pointer") or source.get("parameter")
+        title = error.get("title", "error")
+        detail = error.get("detail", title)
+        lines.append(f"{where} -> {detail}" if where else f"{title}: {detail}")
     return lines
 
 
@@ -201,7 +204,12 @@ def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
         help="personal API token, sent as X-Auth-Token",
     )(command)
     return click.option(
-        "--url", default=DEFAULT_URL, show_default=True, help="the timebatch server"
+        "--url",
+        envvar="TIMEBATCH_URL",
+        default=DEFAULT_URL,
+        show_default=True,
+        show_envvar=True,
+        help="the timebatch server",
     )(command)
 
 

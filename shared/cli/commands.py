@@ -11,7 +11,9 @@ from contextlib import contextmanager
 
 import click
 import orjson
+import psycopg
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from shared.cli.client import jobs_list, jobs_show, submit
@@ -34,15 +36,32 @@ def _settings() -> Settings:
         raise click.ClickException(str(exc)) from exc
 
 
+NO_SCHEMA = "the database has no timebatch schema yet: run `timebatch db upgrade` first"
+
+
 @contextmanager
-def _engine() -> Iterator[Engine]:
-    """An engine on the configured database, or on the embedded one of this data dir."""
+def _database() -> Iterator[tuple[Settings, Engine]]:
+    """Settings and an engine on the configured database, or on the embedded one of this data
+    dir. A database that is missing, unreachable or not migrated is a message, not a
+    traceback."""
     with embedded_settings(_settings()) as settings:
         engine = make_engine(settings)
         try:
-            yield engine
+            yield settings, engine
+        except ProgrammingError as exc:
+            if isinstance(exc.orig, psycopg.errors.UndefinedTable):
+                raise click.ClickException(NO_SCHEMA) from None
+            raise
+        except OperationalError as exc:
+            raise click.ClickException(f"cannot use the database: {exc.orig}") from None
         finally:
             engine.dispose()
+
+
+@contextmanager
+def _engine() -> Iterator[Engine]:
+    with _database() as (_, engine):
+        yield engine
 
 
 @click.group()
@@ -173,22 +192,14 @@ jobs.add_command(jobs_show)
 @jobs.command("recover")
 def jobs_recover() -> None:
     """Re-publish jobs stuck in queued (never published, message lost) or running (worker died)."""
-    with embedded_settings(_settings()) as settings:
-        engine = make_engine(settings)
-        try:
-            count = recover_jobs(engine, settings, create_celery(settings))
-        finally:
-            engine.dispose()
+    with _database() as (settings, engine):
+        count = recover_jobs(engine, settings, create_celery(settings))
     click.echo(f"re-published {count} job(s)")
 
 
 @jobs.command("purge")
 def jobs_purge() -> None:
     """Drop the batches and results of jobs finished more than TIMEBATCH_RETENTION_DAYS ago."""
-    with embedded_settings(_settings()) as settings:
-        engine = make_engine(settings)
-        try:
-            count = purge_expired(engine, settings)
-        finally:
-            engine.dispose()
+    with _database() as (settings, engine):
+        count = purge_expired(engine, settings)
     click.echo(f"purged {count} job(s) finished more than {settings.retention_days} days ago")

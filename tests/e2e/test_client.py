@@ -188,7 +188,9 @@ def test_submit_and_wait_for_2000_entries(
     assert "result: HTTP 201" in shown.stdout
     assert "entries: 2000" in shown.stdout
 
-    listed = timebatch("jobs", "list", "--status", "succeeded", "--url", server, env=credentials)
+    # The server's URL can come from the environment, as the token and organization do.
+    from_env = credentials | {"TIMEBATCH_URL": server}
+    listed = timebatch("jobs", "list", "--status", "succeeded", env=from_env)
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert lines[0].split() == ["ID", "STATUS", "OPERATION", "PROCESSED", "CREATED"]
@@ -276,7 +278,7 @@ def test_client_errors_exit_1(server: str, credentials: dict[str, str], tmp_path
     wrong_token = credentials | {"TIMEBATCH_TOKEN": "tb_not-a-token"}
     refused = timebatch("submit", str(document), "--op", "create", "--url", server, env=wrong_token)
     assert refused.returncode == 1
-    assert refused.stdout == "Unauthorized -> the token in X-Auth-Token is not valid\n"
+    assert refused.stdout == "Unauthorized: the token in X-Auth-Token is not valid\n"
 
     missing = timebatch(
         "jobs", "show", "8a0d1ab0-5b1c-4b7e-9b59-2f8f35f0a2f1", "--url", server, env=credentials
@@ -350,7 +352,7 @@ def test_a_token_revoked_while_waiting_exits_1(
             session.commit()
         stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 1
-    assert stdout == "Unauthorized -> the token in X-Auth-Token is not valid\n"
+    assert stdout == "Unauthorized: the token in X-Auth-Token is not valid\n"
     assert f"job {unpublished[0]} failed: HTTP 401" in stderr
     with Session(e2e_db) as session:
         assert session.scalar(select(Job.status)) == "queued"

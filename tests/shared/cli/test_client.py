@@ -32,8 +32,8 @@ def test_error_lines_name_pointer_parameter_or_title() -> None:
     assert error_lines(document) == [
         "/data/3/attributes/date -> bad date",
         "page[size] -> too big",
-        "Unauthorized -> send a token",
-        "Malformed document -> not JSON",
+        "Unauthorized: send a token",
+        "Malformed document: not JSON",  # the pointer "" is the whole document
     ]
     assert error_lines({"data": []}) == []
     assert error_lines(None) == []

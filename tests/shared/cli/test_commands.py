@@ -86,6 +86,37 @@ def test_db_upgrade_and_downgrade(cli_settings: Settings, cli_engine: Engine) ->
     assert current_revision(cli_engine) is None
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("token", "create", "--person", "7781"),
+        ("demo", "load"),
+        ("jobs", "recover"),
+        ("jobs", "purge"),
+    ],
+)
+def test_a_database_without_the_schema_says_what_to_run(
+    cli_settings: Settings, command: tuple[str, ...]
+) -> None:
+    result = invoke(cli_settings, *command)
+    assert result.exit_code == 1
+    assert "run `timebatch db upgrade` first" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_database_that_does_not_exist_is_named_not_a_traceback(cli_settings: Settings) -> None:
+    missing = cli_settings.sqlalchemy_url.rsplit("/", 1)[0] + "/timebatch_no_such_database"
+    result = CliRunner().invoke(
+        main,
+        ["token", "create", "--person", "7781"],
+        env=cli_settings.as_env() | {"DATABASE_URL": missing},
+    )
+    assert result.exit_code == 1
+    assert (
+        "cannot use the database" in result.output and "timebatch_no_such_database" in result.output
+    )
+
+
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as connection:
         revision: str | None = connection.scalar(

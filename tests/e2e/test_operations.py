@@ -293,6 +293,23 @@ def test_flower_shows_jobs_by_name_with_their_id_behind_basic_auth(
     assert task is not None
     assert task["name"] == "timebatch.process_job"
     assert task["args"] == repr([job_id])
+    # The task id is the job id: an operator pastes a job id into Flower.
+    info = requests.get(f"{url}/api/task/info/{job_id}", auth=login, timeout=5)
+    assert info.status_code == 200
+    assert (info.json()["uuid"], info.json()["result"]) == (job_id, "'succeeded'")
+    assert requests.get(f"{url}/task/{job_id}", auth=login, timeout=5).status_code == 200
+    # A job that fails (a member may not approve) says so in the task's result.
+    refused = JobClient(ops_client).run(
+        "PATCH", "/api/v2/time_entries/approve", {"data": [reference(237)]}, e2e_auth(7781)
+    )
+    assert refused.status == 403
+    failed_id = refused.accepted.json["data"]["id"]  # type: ignore[index]
+
+    def result_of(task_id: str) -> Any:
+        found = requests.get(f"{url}/api/task/info/{task_id}", auth=login, timeout=5)
+        return found.json().get("result") if found.status_code == 200 else None
+
+    eventually(lambda: result_of(failed_id) == "'failed'", timeout=30)
     # Flower serves /metrics without its login, for Prometheus: keep its port private.
     metrics_text = requests.get(f"{url}/metrics", timeout=5).text
     assert 'flower_events_total{task="timebatch.process_job"' in metrics_text

@@ -172,6 +172,13 @@ def list_query(
     return Query(found, sort, PageRequest(number, size), include)
 
 
+def no_query(args: MultiDict[str, str], *, allowed: Collection[str] = ()) -> None:
+    """An endpoint that takes no query parameters but `allowed`: any other is a 400."""
+    for name in args:
+        if name not in allowed:
+            raise _unsupported(name, ())
+
+
 def show_query(args: MultiDict[str, str], *, includes: Sequence[str] = ()) -> frozenset[str]:
     """A single resource takes `include` only; returns the names to include."""
     include: frozenset[str] = frozenset()

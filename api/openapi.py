@@ -598,7 +598,7 @@ def paths() -> Schema:
                         ),
                         303: _no_content("Finished: see Location for the result", "Location"),
                     },
-                    (*AUTHENTICATED, 404),
+                    (*AUTHENTICATED, 400, 404),
                 ),
             },
             "delete": {
@@ -608,7 +608,7 @@ def paths() -> Schema:
                 "parameters": job,
                 "responses": _responses(
                     {200: _json_api(ref("JobDocument"), "Canceled", "Content-Location")},
-                    (*AUTHENTICATED, 404, 409),
+                    (*AUTHENTICATED, 400, 404, 409),
                 ),
             },
         },

@@ -9,6 +9,7 @@ from msgspec import UNSET
 
 from api.auth import principal
 from api.context import db, services
+from api.listing import no_query
 from api.negotiation import require_acceptable, require_bulk_content_type
 from api.parsing import check_bulk, load_json, parse_flag
 from api.views.jobs import answer_for
@@ -20,6 +21,8 @@ from shared.store.models import Operation
 blueprint = Blueprint("bulk", __name__)
 
 MAX_IDEMPOTENCY_KEY = 255
+# The spec's one query parameter of a bulk request; any other is refused, not ignored.
+APPROVE_PARAMETERS = ("for_all_approvers",)
 
 
 def _checked(operation: Operation, body: bytes, max_batch: int) -> Any:
@@ -44,6 +47,7 @@ def _checked(operation: Operation, body: bytes, max_batch: int) -> Any:
 def _submit(operation: Operation) -> Response:
     require_acceptable(request)
     require_bulk_content_type(request)
+    no_query(request.args, allowed=APPROVE_PARAMETERS if operation == Operation.APPROVE else ())
     settings = services().settings
     body = request.get_data(cache=False)
     document = _checked(operation, body, settings.max_batch_size)

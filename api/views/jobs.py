@@ -11,7 +11,7 @@ from flask import Blueprint, Response, request, url_for
 
 from api.auth import principal
 from api.context import db, services
-from api.listing import list_query, one_of, page_response
+from api.listing import list_query, no_query, one_of, page_response
 from api.negotiation import preferred_wait, require_acceptable
 from shared.jobs.submit import cancel_job, find_job, unknown_job
 from shared.jsonapi.errors import CONTENT_TYPE, ApiError, encode
@@ -175,6 +175,7 @@ def index() -> Response:
 @blueprint.get("/jobs/<job_id>")
 def show(job_id: str) -> Response:
     require_acceptable(request)
+    no_query(request.args)
     job = _job_or_404(job_id)
     if job.status not in FINISHED_STATUSES:
         job = wait_for(job, preferred_wait(request))
@@ -189,6 +190,7 @@ def show(job_id: str) -> Response:
 @blueprint.get("/jobs/<job_id>/result")
 def result(job_id: str) -> Response:
     require_acceptable(request)
+    no_query(request.args)
     job = _job_or_404(job_id)
     if job.status not in FINISHED_STATUSES:
         detail = (
@@ -203,6 +205,7 @@ def result(job_id: str) -> Response:
 @blueprint.delete("/jobs/<job_id>")
 def cancel(job_id: str) -> Response:
     require_acceptable(request)
+    no_query(request.args)
     session = db()
     job = _job_or_404(job_id)
     if not cancel_job(session, job):

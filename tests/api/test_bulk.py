@@ -331,3 +331,30 @@ def test_jobs_of_another_organization_are_invisible(client: FlaskClient, auth: A
     assert client.get(location, headers=other).status_code == 404
     assert client.get(location + "/result", headers=other).status_code == 404
     assert client.delete(location, headers=other).status_code == 404
+
+
+def test_unknown_query_parameters_are_refused_not_ignored(
+    client: FlaskClient, auth: Any, session: Session, published: Any
+) -> None:
+    headers = auth()
+    before = jobs_count(session)
+    for method, path in (
+        ("POST", "/api/v2/time_entries?foo=bar"),
+        ("PATCH", "/api/v2/time_entries/unapprove?for_all_approvers=true"),
+        ("PATCH", "/api/v2/time_entries/approve?fields=all"),
+    ):
+        response = client.open(
+            path, method=method, json={"data": [entry()]}, headers={"Content-Type": BULK} | headers
+        )
+        assert response.status_code == 400, path
+        (error,) = response.json["errors"]  # type: ignore[index]
+        assert error["title"] == "Unsupported parameter"
+        assert error["source"]["parameter"] in {"foo", "for_all_approvers", "fields"}
+    assert jobs_count(session) == before and published == []
+    accepted = post(client, headers, {"data": [entry()]})
+    location = accepted.headers["Location"]
+    for path in (location, f"{location}/result"):
+        refused = client.get(f"{path}?verbose=1", headers=headers)
+        assert refused.status_code == 400
+        assert refused.json["errors"][0]["source"] == {"parameter": "verbose"}  # type: ignore[index]
+    assert client.delete(f"{location}?force=1", headers=headers).status_code == 400

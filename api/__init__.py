@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.auth import authenticate
 from api.context import AppServices, Publisher, close_db
 from api.errors import register_error_handlers
+from api.limits import refuse_oversized
 from api.telemetry import bind_principal, register_telemetry
 from api.views import bulk, health, jobs, meta, reading
 from shared.jobs.queue import create_celery, publish_job, queue_depth
@@ -60,6 +61,7 @@ def create_app(
     app.teardown_appcontext(close_db)
     register_error_handlers(app)
     register_telemetry(app)
+    app.before_request(refuse_oversized)
 
     api_v2 = Blueprint("api_v2", __name__, url_prefix="/api/v2")
     api_v2.before_request(authenticate)

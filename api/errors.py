@@ -21,9 +21,11 @@ TITLES = {
     406: "Not acceptable",
     409: "Conflict",
     413: "Payload too large",
+    414: "URI too long",
     415: "Unsupported media type",
     422: "Unprocessable entity",
     429: "Too many requests",
+    431: "Request header fields too large",
     500: "Internal server error",
     503: "Service unavailable",
 }

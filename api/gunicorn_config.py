@@ -9,6 +9,11 @@ from shared.ops.metrics import forget_process
 from shared.settings import Settings
 
 logconfig_dict = gunicorn_logconfig()
+# gunicorn would refuse a long request line or header with an HTML page; the app refuses them
+# itself, at the same sizes, with a JSON:API error (api/limits.py). A field size of 0 would
+# mean gunicorn's default, not unlimited.
+limit_request_line = 0
+limit_request_field_size = 65536
 
 
 def child_exit(server: Any, worker: Any) -> None:

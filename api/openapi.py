@@ -45,14 +45,16 @@ ERROR_DESCRIPTIONS = {
     409: "Conflict: a type mismatch, a locked entry, or a job in the wrong state",
     410: "The job's result was deleted by retention",
     413: "The body or the batch is too large",
+    414: "The request target is too long",
     415: f"The body must be sent as {BULK_CONTENT_TYPE}",
     422: "Validation failed: see each error's source",
+    431: "A request header is too long",
     429: "Your organization has as many unfinished jobs or entries as its limits allow;"
     " retry after Retry-After seconds",
     500: "A job failed on an internal error (its stored answer)",
     503: "The database is unavailable; retry after Retry-After seconds",
 }
-AUTHENTICATED = (401, 403, 406, 503)
+AUTHENTICATED = (401, 403, 406, 414, 431, 503)
 
 
 def ref(name: str, kind: str = "schemas") -> Schema:

@@ -5,6 +5,8 @@ from typing import Any
 from flask import Flask
 from flask.testing import FlaskClient
 
+from api.limits import MAX_HEADER_FIELD, MAX_REQUEST_TARGET
+
 JSONAPI = "application/vnd.api+json; charset=utf-8"
 
 
@@ -58,3 +60,22 @@ def test_healthz_names_a_broker_that_is_down(settings: Any, sessions: Any) -> No
     response = create_app(down, sessions=sessions).test_client().get("/healthz")
     assert response.status_code == 503
     assert response.json == {"database": "ok", "broker": "down"}
+
+
+def test_an_over_long_request_line_or_header_is_a_jsonapi_error(
+    client: FlaskClient, auth: Any
+) -> None:
+    headers = auth()
+    long_query = client.get(
+        "/api/v2/time_entries?sort=" + "x" * MAX_REQUEST_TARGET, headers=headers
+    )
+    assert long_query.status_code == 414
+    assert long_query.json["errors"][0]["title"] == "URI too long"  # type: ignore[index]
+    long_header = client.get(
+        "/api/v2/time_entries", headers=headers | {"X-Padding": "x" * MAX_HEADER_FIELD}
+    )
+    assert long_header.status_code == 431
+    assert "X-Padding" in long_header.json["errors"][0]["detail"]  # type: ignore[index]
+    # Just inside the limits, the request is the app's to judge.
+    fits = client.get("/api/v2/time_entries?sort=" + "x" * 100, headers=headers)
+    assert fits.status_code == 400

@@ -371,3 +371,19 @@ def test_sixty_four_waiting_clients_get_correct_answers_and_health_stays_fast(
     )
     # The waiters within the capacity got the final result.
     assert 201 in statuses
+
+
+def test_the_web_tier_answers_over_long_requests_itself(web: str, e2e_auth: Any) -> None:
+    """gunicorn's limits are lifted: the app refuses with JSON:API, never an HTML page."""
+    headers = e2e_auth(7781)
+    long_line = requests.get(
+        f"{web}/api/v2/time_entries?sort={'x' * 9000}", headers=headers, timeout=30
+    )
+    assert long_line.status_code == 414
+    assert long_line.headers["Content-Type"].startswith("application/vnd.api+json")
+    assert long_line.json()["errors"][0]["title"] == "URI too long"
+    long_header = requests.get(
+        f"{web}/api/v2/time_entries", headers=headers | {"X-Padding": "x" * 9000}, timeout=30
+    )
+    assert long_header.status_code == 431
+    assert long_header.headers["Content-Type"].startswith("application/vnd.api+json")

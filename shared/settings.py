@@ -108,7 +108,10 @@ class Settings:
     web_concurrency: int = 2
     worker_concurrency: int = 2
     job_time_limit: int = 900
+    # Runs in a row that may meet the same internal error before the job fails for it, and
+    # runs in all (most of them cut short by a lost worker) before it is given up.
     job_max_attempts: int = 5
+    job_max_runs: int = 50
     job_lease: int = 120
     queued_grace: int = 60
     sweep_interval: int = 30
@@ -169,6 +172,7 @@ class Settings:
             "WORKER_CONCURRENCY": str(self.worker_concurrency),
             "TIMEBATCH_JOB_TIME_LIMIT": str(self.job_time_limit),
             "TIMEBATCH_JOB_MAX_ATTEMPTS": str(self.job_max_attempts),
+            "TIMEBATCH_JOB_MAX_RUNS": str(self.job_max_runs),
             "TIMEBATCH_JOB_LEASE": str(self.job_lease),
             "TIMEBATCH_QUEUED_GRACE": str(self.queued_grace),
             "TIMEBATCH_SWEEP_INTERVAL": str(self.sweep_interval),
@@ -215,6 +219,7 @@ class Settings:
             worker_concurrency=_int(env, "WORKER_CONCURRENCY", 2, minimum=1, maximum=256),
             job_time_limit=_int(env, "TIMEBATCH_JOB_TIME_LIMIT", 900, minimum=10, maximum=86400),
             job_max_attempts=_int(env, "TIMEBATCH_JOB_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
+            job_max_runs=_int(env, "TIMEBATCH_JOB_MAX_RUNS", 50, minimum=1, maximum=10_000),
             job_lease=_int(env, "TIMEBATCH_JOB_LEASE", 120, minimum=1, maximum=86400),
             queued_grace=_int(env, "TIMEBATCH_QUEUED_GRACE", 60, minimum=1, maximum=86400),
             sweep_interval=_int(env, "TIMEBATCH_SWEEP_INTERVAL", 30, minimum=1, maximum=3600),

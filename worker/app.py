@@ -8,11 +8,11 @@ import uuid
 from celery import Celery, Task
 from celery.utils.log import get_task_logger
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
 
+from shared.jobs.faults import Fault, classify, fingerprint
 from shared.jobs.queue import PROCESS_JOB, PURGE_JOBS, SWEEP_JOBS, create_celery
 from shared.jobs.retention import purge_expired
-from shared.jobs.runner import Outcome, fail_unexpectedly, run_job
+from shared.jobs.runner import Outcome, fail_unexpectedly, record_error, run_job
 from shared.jobs.sweeper import recover_jobs
 from shared.ops import metrics
 from shared.settings import Settings
@@ -44,16 +44,6 @@ class EngineHolder:
         return self._engine
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Deadlocks, serialization failures and lost connections: worth another try."""
-    if isinstance(exc, OperationalError):
-        return True
-    if isinstance(exc, DBAPIError):
-        code = getattr(exc.orig, "sqlstate", None)
-        return code in {"40001", "40P01"}
-    return False
-
-
 def create_worker_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()
     app = create_celery(settings)
@@ -64,24 +54,36 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
 
     # shared=False: the tasks belong to this app only, not to every app made later in the
     # process (Celery's default would register them on each, and the first would win).
-    @app.task(name=PROCESS_JOB, bind=True, max_retries=settings.job_max_attempts, shared=False)  # type: ignore[untyped-decorator]
+    # max_retries None: a fault of ours is retried until the job completes; a bug ends the
+    # job once it has met the same error on job_max_attempts runs in a row.
+    @app.task(name=PROCESS_JOB, bind=True, max_retries=None, shared=False)  # type: ignore[untyped-decorator]
     def process_job(self: Task[[str], str], job_id: str) -> str:
+        key = uuid.UUID(job_id)
         try:
             outcome = run_job(
-                holder.engine,
-                uuid.UUID(job_id),
-                max_attempts=settings.job_max_attempts,
-                lease=settings.job_lease,
+                holder.engine, key, max_runs=settings.job_max_runs, lease=settings.job_lease
             )
         except Exception as exc:
-            if not is_transient(exc):
-                logger.exception("job %s failed with an internal error", job_id)
-                fail_unexpectedly(holder.engine, uuid.UUID(job_id))
-                record_outcome(holder.engine, job_id, Outcome.FAILED)
+            fault = classify(exc)
+            if fault is Fault.SHUTDOWN:
+                # The run was cut: the job stays unfinished, redelivered or swept.
+                logger.warning("job %s interrupted by a shutdown", job_id)
                 raise
-            countdown = min(2**self.request.retries, 60)
-            logger.warning("job %s hit a transient database error; retrying", job_id)
-            raise self.retry(exc=exc, countdown=countdown) from exc
+            countdown = min(2**self.request.retries, 30)
+            if fault is Fault.TRANSIENT:
+                logger.warning("job %s hit a transient database error; retrying", job_id)
+                raise self.retry(exc=exc, countdown=countdown) from exc
+            streak = record_error(holder.engine, key, fingerprint(exc))
+            if streak < settings.job_max_attempts:
+                logger.warning(
+                    "job %s raised an internal error (%d in a row); retrying",
+                    job_id, streak, exc_info=True,
+                )  # fmt: skip
+                raise self.retry(exc=exc, countdown=countdown) from exc
+            logger.exception("job %s failed with the same internal error %d times", job_id, streak)
+            fail_unexpectedly(holder.engine, key)
+            record_outcome(holder.engine, job_id, Outcome.FAILED)
+            raise
         record_outcome(holder.engine, job_id, outcome)
         logger.info("job %s %s", job_id, outcome)
         return outcome

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, func, text, update
+from sqlalchemy import Engine, case, func, text, update
 from sqlalchemy.orm import Session
 
 from shared.domain import documents
@@ -137,10 +137,11 @@ class Heartbeat:
             self._thread.join()
 
 
-def run_job(engine: Engine, job_id: uuid.UUID, *, max_attempts: int, lease: float = 120) -> Outcome:
+def run_job(engine: Engine, job_id: uuid.UUID, *, max_runs: int, lease: float = 120) -> Outcome:
     """Apply a job once and say what happened.
 
-    Transient database errors propagate (the transaction is rolled back); the caller retries.
+    Errors other than the batch's own propagate (the transaction is rolled back): the caller
+    tells a fault of ours from a bug (shared/jobs/faults.py).
     """
     heartbeat = Heartbeat(engine, job_id, max(lease / 4, 0.5))
     # A batch allocates millions of short-lived, acyclic objects (rows, dicts, strings); with
@@ -148,7 +149,7 @@ def run_job(engine: Engine, job_id: uuid.UUID, *, max_attempts: int, lease: floa
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _run_locked(engine, job_id, max_attempts, heartbeat)
+        return _run_locked(engine, job_id, max_runs, heartbeat)
     finally:
         heartbeat.stop()
         if collecting:
@@ -156,9 +157,7 @@ def run_job(engine: Engine, job_id: uuid.UUID, *, max_attempts: int, lease: floa
             gc.collect()
 
 
-def _run_locked(
-    engine: Engine, job_id: uuid.UUID, max_attempts: int, heartbeat: Heartbeat
-) -> Outcome:
+def _run_locked(engine: Engine, job_id: uuid.UUID, max_runs: int, heartbeat: Heartbeat) -> Outcome:
     with Session(engine) as session, session.begin():
         locked = session.scalar(
             text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": lock_key(job_id)}
@@ -173,11 +172,12 @@ def _run_locked(
         if attempts is None:
             return Outcome.SKIPPED
         heartbeat.start()
-        if attempts > max_attempts:
+        if attempts > max_runs:
+            # Every run died without a word (each took its worker down): a crash loop.
             error = ApiError.one(
                 500,
                 "Job abandoned",
-                f"the job did not complete in {max_attempts} attempts and was given up",
+                f"the job did not complete in {max_runs} attempts and was given up",
             )
             _finish(
                 session, job, JobStatus.FAILED, error.status, stored(error), len(error.problems)
@@ -225,8 +225,23 @@ def _finish(
     )
 
 
+def record_error(engine: Engine, job_id: uuid.UUID, error: str) -> int:
+    """Note the internal error a run met; returns how many runs in a row have met it."""
+    with engine.begin() as connection:
+        streak = connection.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(UNFINISHED_STATUSES))
+            .values(
+                error_streak=case((Job.last_error == error, Job.error_streak + 1), else_=1),
+                last_error=error,
+            )
+            .returning(Job.error_streak)
+        ).scalar_one_or_none()
+    return streak or 0
+
+
 def fail_unexpectedly(engine: Engine, job_id: uuid.UUID) -> None:
-    """Fail a job whose run raised something no retry can fix, so no client waits forever."""
+    """Fail a job whose runs keep raising the same internal error, so no client waits forever."""
     error = ApiError.one(
         500, "Internal error", "the job could not be processed because of an internal error"
     )

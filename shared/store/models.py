@@ -323,6 +323,9 @@ class Job(Base):
     processed: Mapped[int] = mapped_column(Integer, server_default=ZERO)
     attempts: Mapped[int] = mapped_column(Integer, server_default=ZERO)
     error_count: Mapped[int] = mapped_column(Integer, server_default=ZERO)
+    # The internal error the last failed run met, and how many runs in a row met it.
+    last_error: Mapped[str | None] = mapped_column(Text)
+    error_streak: Mapped[int] = mapped_column(Integer, server_default=ZERO)
     # The final answer, encoded once: HTTP status and JSON:API body bytes (None for 204).
     result_status: Mapped[int | None] = mapped_column(Integer)
     result_body: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import psutil
 import pytest
 import redis
 from sqlalchemy import Engine, func, select, text, update
@@ -160,6 +161,30 @@ def test_sigkill_of_the_worker_mid_job(
     assert entry_count(e2e_db) == before + 5000
     job = job_row(e2e_db, job_id)
     assert (job.status, job.attempts) == ("succeeded", 2)
+
+
+def test_a_task_cancelled_mid_query_runs_again_instead_of_failing(
+    fault_client: JobClient, e2e_auth: Any, e2e_db: Engine, start_worker: Any
+) -> None:
+    """What Celery does to running tasks when the broker connection drops: SIGTERM to the
+    pool process, whose handler raises SystemExit mid-query. The job is ours to finish."""
+    headers = e2e_auth(7781)
+    before = entry_count(e2e_db)
+    worker = start_worker()
+    assert worker.process is not None
+    accepted, job_id = submit_create(fault_client, headers, 5000)
+    with stalled_mid_job(e2e_db, job_id):
+        pool = psutil.Process(worker.process.pid).children()
+        assert pool
+        for child in pool:
+            child.send_signal(signal.SIGTERM)
+        psutil.wait_procs(pool, timeout=30)
+    outcome = fault_client.follow(accepted, headers)
+    assert outcome.status == 201
+    assert entry_count(e2e_db) == before + 5000
+    job = job_row(e2e_db, job_id)
+    assert (job.status, job.attempts, job.error_streak) == ("succeeded", 2, 0)
+    assert "failed" not in worker.outcomes(job_id)
 
 
 def test_queued_messages_lost_with_the_broker(
@@ -328,10 +353,10 @@ def test_job_that_keeps_failing_is_given_up_with_a_clear_error(
         # As if every earlier attempt had died mid-job.
         session.execute(
             text("UPDATE jobs SET status = 'running', attempts = :n WHERE id = :id"),
-            {"n": fault_settings.job_max_attempts, "id": job_id},
+            {"n": fault_settings.job_max_runs, "id": job_id},
         )
         session.commit()
-    outcome = run_job(e2e_db, uuid.UUID(job_id), max_attempts=fault_settings.job_max_attempts)
+    outcome = run_job(e2e_db, uuid.UUID(job_id), max_runs=fault_settings.job_max_runs)
     assert outcome == "failed"
     result = fault_client.follow(accepted, headers)
     assert result.status == 500

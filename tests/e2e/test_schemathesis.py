@@ -118,7 +118,7 @@ def seed_jobs(engine: Engine) -> list[str]:
         session.commit()
     jobs = [created, deleted, failed, expired, queued, canceled]
     for job in (created, deleted, failed, expired):
-        run_job(engine, job.id, max_attempts=5)
+        run_job(engine, job.id, max_runs=5)
     with Session(engine) as session:
         session.execute(
             update(Job)

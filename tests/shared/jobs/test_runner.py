@@ -21,7 +21,7 @@ from shared.store.models import Job, TimeEntry
 from tests.factories import create_resource, queue_job, reference
 
 MEMBER = Principal(person_id=7781, organization_id=2110, read_only=False)
-MAX_ATTEMPTS = 3
+MAX_RUNS = 3
 
 
 def queued(engine: Engine, operation: str, data: list[dict[str, Any]]) -> uuid.UUID:
@@ -53,7 +53,7 @@ def entries(engine: Engine) -> dict[int, tuple[Any, ...]]:
 
 
 def run(engine: Engine, job_id: uuid.UUID) -> Outcome:
-    return run_job(engine, job_id, max_attempts=MAX_ATTEMPTS, lease=2)
+    return run_job(engine, job_id, max_runs=MAX_RUNS, lease=2)
 
 
 def test_a_second_run_is_skipped_and_the_effect_happens_once(e2e_db: Engine) -> None:
@@ -97,27 +97,27 @@ def test_a_job_locked_by_another_delivery_is_busy_and_left_alone(e2e_db: Engine)
 
 
 @pytest.mark.parametrize("status", ["queued", "running"])
-def test_a_job_out_of_attempts_is_abandoned_with_a_clear_error(e2e_db: Engine, status: str) -> None:
+def test_a_job_out_of_runs_is_abandoned_with_a_clear_error(e2e_db: Engine, status: str) -> None:
     before = entries(e2e_db)
     job_id = queued(e2e_db, "create", [create_resource(), create_resource()])
     with e2e_db.begin() as connection:
         # As if every earlier attempt had died mid-job.
         connection.execute(
-            update(Job).where(Job.id == job_id).values(status=status, attempts=MAX_ATTEMPTS)
+            update(Job).where(Job.id == job_id).values(status=status, attempts=MAX_RUNS)
         )
 
     assert run(e2e_db, job_id) == Outcome.FAILED
 
     job = job_row(e2e_db, job_id)
     assert (job["status"], job["result_status"], job["error_count"]) == ("failed", 500, 1)
-    assert job["attempts"] == MAX_ATTEMPTS + 1
+    assert job["attempts"] == MAX_RUNS + 1
     assert job["finished_at"] is not None and job["heartbeat_at"] is None
     assert stored_document(job) == {
         "errors": [
             {
                 "status": "500",
                 "title": "Job abandoned",
-                "detail": f"the job did not complete in {MAX_ATTEMPTS} attempts and was given up",
+                "detail": f"the job did not complete in {MAX_RUNS} attempts and was given up",
             }
         ],
         "jsonapi": {"version": "1.0"},
@@ -130,13 +130,13 @@ def test_the_last_allowed_attempt_still_runs(e2e_db: Engine) -> None:
     job_id = queued(e2e_db, "delete", [reference(231)])
     with e2e_db.begin() as connection:
         connection.execute(
-            update(Job).where(Job.id == job_id).values(status="running", attempts=MAX_ATTEMPTS - 1)
+            update(Job).where(Job.id == job_id).values(status="running", attempts=MAX_RUNS - 1)
         )
     assert run(e2e_db, job_id) == Outcome.SUCCEEDED
     job = job_row(e2e_db, job_id)
     assert (job["status"], job["attempts"], job["result_status"]) == (
         "succeeded",
-        MAX_ATTEMPTS,
+        MAX_RUNS,
         204,
     )
     assert job["result_body"] is None

@@ -12,6 +12,9 @@ from shared.jsonapi.errors import CONTENT_TYPE, ApiError, Problem
 
 logger = logging.getLogger(__name__)
 
+# Seconds a client is told to wait while the database or the broker is down.
+UNAVAILABLE_RETRY_AFTER = "5"
+
 TITLES = {
     400: "Bad request",
     401: "Unauthorized",
@@ -60,7 +63,7 @@ def register_error_handlers(app: Flask) -> None:
     def handle_database_down(error: OperationalError) -> Response:
         logger.error("database unavailable: %s", type(error.orig).__name__)
         problem = Problem(503, "Service unavailable", "the database is unavailable; try again")
-        return error_response(ApiError([problem], headers={"Retry-After": "5"}))
+        return error_response(ApiError([problem], headers={"Retry-After": UNAVAILABLE_RETRY_AFTER}))
 
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception) -> Response:

@@ -681,10 +681,13 @@ def _outside_api() -> Schema:
                 "responses": {
                     status: {
                         "description": description,
-                        "headers": _headers(),
+                        "headers": _headers(*headers),
                         "content": {"application/json": {"schema": ref("Health")}},
                     }
-                    for status, description in (("200", "All up"), ("503", "Something is down"))
+                    for status, description, headers in (
+                        ("200", "All up", ()),
+                        ("503", "Something is down", ("Retry-After",)),
+                    )
                 },
             }
         },

@@ -7,6 +7,7 @@ from flask import Blueprint, Response
 from sqlalchemy import text
 
 from api.context import db, services
+from api.errors import UNAVAILABLE_RETRY_AFTER
 
 blueprint = Blueprint("health", __name__)
 
@@ -25,4 +26,7 @@ def healthz() -> Response:
     except Exception:
         report["broker"] = "down"
     status = 200 if all(v == "ok" for v in report.values()) else 503
-    return Response(orjson.dumps(report), status=status, content_type="application/json")
+    response = Response(orjson.dumps(report), status=status, content_type="application/json")
+    if status == 503:
+        response.headers["Retry-After"] = UNAVAILABLE_RETRY_AFTER
+    return response

@@ -67,12 +67,19 @@ def _database_url(env: Mapping[str, str], key: str) -> str | None:
     return raw
 
 
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+
+
+def is_amqp(broker_url: str) -> bool:
+    """RabbitMQ, as against Redis: the two brokers differ in queues and priorities."""
+    return broker_url.startswith(AMQP_SCHEMES)
+
+
 def _broker_url(env: Mapping[str, str], key: str) -> str | None:
     raw = _text(env, key)
     if raw is None:
         return None
-    schemes = ("redis://", "rediss://", "redis+socket://", "amqp://", "amqps://", "pyamqp://")
-    if not raw.startswith(schemes):
+    if not raw.startswith(("redis://", "rediss://", "redis+socket://", *AMQP_SCHEMES)):
         raise SettingsError(f"{key} must be a redis://, redis+socket:// or amqp:// URL")
     return raw
 
@@ -113,8 +120,8 @@ class Settings:
     job_max_attempts: int = 5
     job_max_runs: int = 50
     job_lease: int = 120
-    queued_grace: int = 60
-    sweep_interval: int = 30
+    queued_grace: int = 20
+    sweep_interval: int = 10
     retry_after: int = 1
     retention_days: int = 7
     purge_interval: int = 3600
@@ -221,8 +228,8 @@ class Settings:
             job_max_attempts=_int(env, "TIMEBATCH_JOB_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
             job_max_runs=_int(env, "TIMEBATCH_JOB_MAX_RUNS", 50, minimum=1, maximum=10_000),
             job_lease=_int(env, "TIMEBATCH_JOB_LEASE", 120, minimum=1, maximum=86400),
-            queued_grace=_int(env, "TIMEBATCH_QUEUED_GRACE", 60, minimum=1, maximum=86400),
-            sweep_interval=_int(env, "TIMEBATCH_SWEEP_INTERVAL", 30, minimum=1, maximum=3600),
+            queued_grace=_int(env, "TIMEBATCH_QUEUED_GRACE", 20, minimum=1, maximum=86400),
+            sweep_interval=_int(env, "TIMEBATCH_SWEEP_INTERVAL", 10, minimum=1, maximum=3600),
             # At least a day, so that a replayed Idempotency-Key (kept 24 hours) finds its result.
             retention_days=_int(env, "TIMEBATCH_RETENTION_DAYS", 7, minimum=1, maximum=36500),
             purge_interval=_int(env, "TIMEBATCH_PURGE_INTERVAL", 3600, minimum=60, maximum=86400),

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Connection, Engine, create_engine, make_url, text
@@ -27,13 +26,14 @@ from api import create_app
 from shared.cli.demo import load_demo
 from shared.devstack.embedded import start_embedded
 from shared.domain.tokens import create_token
-from shared.jobs.fairness import MAX_RANK
+from shared.jobs.queue import create_celery, queue_depth
 from shared.settings import Settings
 from shared.store import migrate
 from shared.store.engine import make_engine
 from shared.store.models import Person
 from tests.checked_client import CheckedClient
 from tests.factories import Factories
+from tests.servers import PrivateVhost, amqp_reachable, amqp_url, rabbitmqctl
 
 BULK = "application/vnd.api+json; ext=bulk"
 
@@ -161,14 +161,22 @@ def factories(session: Session) -> Factories:
     return Factories(session)
 
 
-def queue_keys(queue: str) -> list[str]:
-    """The Redis lists that hold a queue: one per priority level (shared/jobs/queue.py)."""
-    return [queue, *(f"{queue}:{level}" for level in range(1, MAX_RANK + 1))]
+def purge(settings: Settings, *queues: str) -> None:
+    """Drop every message waiting in these queues, on either broker, at every priority."""
+    app = create_celery(settings)
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        for queue in queues:
+            try:
+                channel.queue_purge(queue)
+            except connection.channel_errors:
+                # A RabbitMQ queue no worker declared yet; Redis keeps no empty queue.
+                channel = connection.channel()
 
 
-def queued(broker: redis.Redis, queue: str) -> int:
+def queued(settings: Settings, queue: str) -> int:
     """Messages waiting in a queue, at every priority."""
-    return sum(broker.llen(key) for key in queue_keys(queue))
+    return queue_depth(create_celery(settings), queue)
 
 
 def token_for(session: Session, person_id: int, *, read_only: bool = False) -> dict[str, str]:
@@ -189,19 +197,61 @@ def auth(session: Session) -> Any:
 TABLES = "organizations, exchange_rates, people, api_tokens, services, tasks, time_entries, approval_statuses, jobs"
 
 
+BROKERS = ("redis", "amqp")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """End-to-end tests run on each broker: Redis, and RabbitMQ with quorum queues."""
+    if "e2e_settings" in metafunc.fixturenames:
+        # The others share the Redis half's database and worker.
+        e2e = metafunc.definition.get_closest_marker("e2e") is not None
+        kinds = BROKERS if e2e else BROKERS[:1]
+        metafunc.parametrize("broker_kind", kinds, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture(scope="session")
+def e2e_broker_url(broker_kind: str, servers: tuple[str, str]) -> Iterator[str]:
+    """The session's Redis; or, for the RabbitMQ half, a virtual host of the suite's own on
+    TEST_AMQP_URL's server (the machine's RabbitMQ by default), removed at the end."""
+    if broker_kind == "redis":
+        yield servers[1]
+        return
+    if not amqp_reachable(amqp_url()):
+        pytest.skip(f"RabbitMQ at {amqp_url()} is not reachable: the RabbitMQ half is skipped")
+    if rabbitmqctl() is None:
+        yield amqp_url()
+        return
+    with PrivateVhost(amqp_url()) as vhost:
+        yield vhost.url
+
+
 @pytest.fixture(scope="session")
 def e2e_settings(
-    servers: tuple[str, str], run_id: str, tmp_path_factory: pytest.TempPathFactory
+    servers: tuple[str, str],
+    e2e_broker_url: str,
+    broker_kind: str,
+    run_id: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Settings]:
-    """Settings of the committed database, migrated once for the session."""
-    database_url = _recreate_database(servers[0], f"timebatch_e2e_{run_id}")
+    """Settings of the committed database, migrated once for the session (for each broker)."""
+    database_url = _recreate_database(servers[0], f"timebatch_e2e_{broker_kind}_{run_id}")
     settings = _settings(
-        database_url, servers[1], tmp_path_factory.mktemp("e2e"), f"timebatch-e2e-{run_id}"
+        database_url,
+        e2e_broker_url,
+        tmp_path_factory.mktemp(f"e2e-{broker_kind}"),
+        f"timebatch-e2e-{run_id}",
     )
     engine = make_engine(settings)
     migrate.upgrade(engine)
     engine.dispose()
     yield settings
+    purge(settings, settings.queue, settings.housekeeping_queue)
     _drop(settings)
 
 
@@ -222,16 +272,7 @@ def e2e_db(e2e_engine: Engine) -> Engine:
     return e2e_engine
 
 
-@pytest.fixture(scope="session")
-def broker(settings: Settings) -> Iterator[redis.Redis | None]:
-    url = settings.celery_broker_url
-    if not url.startswith(("redis://", "redis+socket://")):
-        yield None
-        return
-    if url.startswith("redis+socket://"):
-        client = redis.Redis(unix_socket_path=url.removeprefix("redis+socket://"))
-    else:
-        client = redis.Redis.from_url(url)
-    yield client
-    client.delete(*queue_keys(settings.queue), *queue_keys(settings.housekeeping_queue))
-    client.close()
+@pytest.fixture(scope="session", autouse=True)
+def _empty_queues(settings: Settings) -> Iterator[None]:
+    yield
+    purge(settings, settings.queue, settings.housekeeping_queue)

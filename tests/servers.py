@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import redis
+from kombu.connection import Connection
 
 from shared.devstack.embedded import EmbeddedServers, start_embedded
 
@@ -176,3 +177,12 @@ class PrivatePostgres:
 
 def amqp_url() -> str:
     return os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
+
+
+def amqp_reachable(url: str) -> bool:
+    try:
+        with Connection(url, connect_timeout=3) as connection:  # type: ignore[no-untyped-call]
+            connection.ensure_connection(max_retries=1, timeout=3)
+    except Exception:
+        return False
+    return True

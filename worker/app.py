@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import uuid
+from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, bootsteps
 from celery.utils.log import get_task_logger
 from sqlalchemy import Engine
 
 from shared.jobs.faults import Fault, classify, fingerprint
-from shared.jobs.queue import PROCESS_JOB, PURGE_JOBS, SWEEP_JOBS, create_celery
+from shared.jobs.queue import (
+    PROCESS_JOB,
+    PURGE_JOBS,
+    RECOVER_AFTER_OUTAGE,
+    SWEEP_JOBS,
+    create_celery,
+)
 from shared.jobs.retention import purge_expired
 from shared.jobs.runner import Outcome, fail_unexpectedly, record_error, run_job
-from shared.jobs.sweeper import recover_jobs
+from shared.jobs.sweeper import recover_after_outage, recover_jobs
 from shared.ops import metrics
 from shared.settings import Settings
 from shared.store.engine import make_engine
@@ -42,6 +50,36 @@ class EngineHolder:
             )
             self._pid = os.getpid()
         return self._engine
+
+
+class BrokerOutage(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Once the consumer has the broker back after losing it, asks for what the outage may
+    have lost to be published again: a restarted Redis has forgotten its messages, and the
+    jobs Celery cancelled on the connection loss are nobody's now. Recovery in seconds, not
+    after the sweeper's grace periods."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.lost_at: dt.datetime | None = None
+
+    def stop(self, parent: Any) -> None:
+        # The consumer stops its steps when the connection fails, before reconnecting.
+        self.lost_at = dt.datetime.now(dt.UTC)
+
+    def shutdown(self, parent: Any) -> None:
+        self.lost_at = None
+
+    def start(self, parent: Any) -> None:
+        if self.lost_at is None:
+            return
+        lost_at, self.lost_at = self.lost_at, None
+        try:
+            parent.app.send_task(RECOVER_AFTER_OUTAGE, args=[lost_at.isoformat()])
+        except Exception:
+            # The broker went again: the sweeper's rules still find every stuck job.
+            logger.warning("could not ask for recovery after the broker outage", exc_info=True)
 
 
 def create_worker_app(settings: Settings | None = None) -> Celery:
@@ -92,6 +130,12 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     def sweep_jobs() -> int:
         return recover_jobs(holder.engine, settings, app)
 
+    @app.task(name=RECOVER_AFTER_OUTAGE, acks_late=False, shared=False)  # type: ignore[untyped-decorator]
+    def recover_outage(lost_at: str) -> int:
+        return recover_after_outage(
+            holder.engine, settings, app, dt.datetime.fromisoformat(lost_at)
+        )
+
     @app.task(name=PURGE_JOBS, acks_late=False, shared=False)  # type: ignore[untyped-decorator]
     def purge_jobs() -> int:
         return purge_expired(holder.engine, settings)
@@ -108,5 +152,6 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
             "options": {"expires": float(settings.purge_interval)},
         },
     }
+    app.steps["consumer"].add(BrokerOutage)
     app.conf.timebatch_settings = settings
     return app

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from shared.jsonapi.errors import ApiError, Problem
 from shared.ops import metrics
-from shared.settings import Settings
+from shared.settings import Settings, is_amqp
 from shared.store.models import UNFINISHED_STATUSES, Job, JobStatus, Organization
 
 # Brokers offer ten priority levels (Redis: 0 first; RabbitMQ: 9 first); beyond the ninth
@@ -36,7 +36,7 @@ MAX_RETRY_AFTER = 3600
 
 def message_priority(rank: int, broker_url: str) -> int:
     """The broker priority of a job of this rank: its transport's order, first is best."""
-    if broker_url.startswith(("amqp", "pyamqp")):
+    if is_amqp(broker_url):
         return MAX_RANK - rank
     return rank
 

@@ -4,14 +4,57 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from celery import Celery
+from kombu.entity import Exchange, Queue
 
 from shared.jobs.fairness import MAX_RANK, message_priority
-from shared.settings import Settings
+from shared.settings import Settings, is_amqp
 
 PROCESS_JOB = "timebatch.process_job"
 SWEEP_JOBS = "timebatch.sweep_jobs"
 PURGE_JOBS = "timebatch.purge_jobs"
+RECOVER_AFTER_OUTAGE = "timebatch.recover_after_outage"
+
+
+# A publish to a dead broker fails at once instead of retrying for seconds inside a web
+# request (the sweeper publishes the job later).
+NO_PUBLISH_RETRY = {"max_retries": 0}
+
+
+def _broker_config(settings: Settings) -> dict[str, Any]:
+    """RabbitMQ: quorum queues, replicated and durable, as Celery recommends where messages
+    must survive a node; topic exchanges, which Celery's native delayed delivery (a retry's
+    countdown on quorum queues) needs. Celery then also drops global QoS, which quorum
+    queues refuse. Redis: the default queues, one list per priority step."""
+    if not is_amqp(settings.celery_broker_url):
+        return {
+            "broker_transport_options": {
+                # Redis redelivers unacked messages after the visibility timeout: keep it
+                # well above the hard limit so a healthy long job is not handed to a second
+                # worker.
+                "visibility_timeout": settings.job_time_limit * 4,
+                **NO_PUBLISH_RETRY,
+                # One list per level, a free worker takes from the first non-empty one
+                # (shared/jobs/fairness.py); housekeeping, sent without a priority, goes first.
+                "priority_steps": list(range(MAX_RANK + 1)),
+                "sep": ":",
+                "queue_order_strategy": "priority",
+            }
+        }
+    return {
+        "task_queues": [_quorum_queue(settings.queue), _quorum_queue(settings.housekeeping_queue)],
+        "task_default_exchange_type": "topic",
+        # A publish returns once RabbitMQ has taken the message: a 202 means it is queued.
+        "broker_transport_options": {"confirm_publish": True, **NO_PUBLISH_RETRY},
+    }
+
+
+def _quorum_queue(name: str) -> Queue:
+    exchange = Exchange(name, type="topic")  # type: ignore[no-untyped-call]
+    return Queue(  # type: ignore[no-untyped-call]
+        name, exchange, routing_key=name, queue_arguments={"x-queue-type": "quorum"}
+    )
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -29,6 +72,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # waits for a free worker process, never behind the jobs queued before it.
             SWEEP_JOBS: {"queue": settings.housekeeping_queue},
             PURGE_JOBS: {"queue": settings.housekeeping_queue},
+            RECOVER_AFTER_OUTAGE: {"queue": settings.housekeeping_queue},
         },
         # A job's effect commits with its status; acking late means a lost worker's job is
         # delivered again, and the job lock makes the second delivery harmless.
@@ -37,19 +81,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": hard_limit - 5,
         "task_time_limit": hard_limit,
-        # Redis redelivers unacked messages after the visibility timeout: keep it well above
-        # the hard limit so a healthy long job is not handed to a second worker.
-        # max_retries 0: a publish to a dead broker fails at once instead of retrying for
-        # seconds inside a web request (the sweeper publishes the job later).
-        "broker_transport_options": {
-            "visibility_timeout": hard_limit * 4,
-            "max_retries": 0,
-            # Redis: one list per level, a free worker takes from the first non-empty one
-            # (shared/jobs/fairness.py); housekeeping, sent without a priority, goes first.
-            "priority_steps": list(range(MAX_RANK + 1)),
-            "sep": ":",
-            "queue_order_strategy": "priority",
-        },
+        **_broker_config(settings),
         "broker_connection_retry_on_startup": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # A web request must not hang on a dead broker: the job row is stored already and the
@@ -88,3 +120,26 @@ def queue_depth(app: Celery, queue: str) -> int:
             # Redis keeps no empty queue, and an AMQP queue exists once a worker declared it.
             return 0
         return int(declared.message_count)
+
+
+def job_ids_in_broker(app: Celery, queue: str) -> set[str] | None:
+    """The ids of the jobs whose messages the broker holds for the queue, waiting or taken
+    by a worker and not yet acknowledged; None where the broker cannot list them without
+    consuming them (RabbitMQ)."""
+    if is_amqp(app.conf.broker_url):
+        return None
+    with app.connection_for_read() as connection:
+        connection.ensure_connection(max_retries=1, timeout=2)
+        channel = connection.default_channel
+        client = channel.client
+        with client.pipeline(transaction=False) as pipe:
+            for priority in channel.priority_steps:
+                pipe.lrange(channel._q_for_pri(queue, priority), 0, -1)
+            # Taken but not acknowledged, every queue's: a running job, or a retry waiting
+            # out its countdown in a worker's memory.
+            pipe.hvals(channel.unacked_key)
+            *waiting, taken = pipe.execute()
+    messages = [orjson.loads(raw) for level in waiting for raw in level]
+    messages += [orjson.loads(raw)[0] for raw in taken]
+    # Celery's message protocol 2 carries the task id, which is the job id, in its headers.
+    return {str(message.get("headers", {}).get("id")) for message in messages}

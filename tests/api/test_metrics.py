@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 import pytest
-import redis
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,7 +21,7 @@ from shared.jobs.queue import create_celery, publish_job
 from shared.ops.metrics import TOP_ORGANIZATIONS
 from shared.settings import Settings
 from tests.checked_client import CheckedClient
-from tests.conftest import BULK, PublishLog
+from tests.conftest import BULK, PublishLog, purge
 from tests.factories import Factories, create_resource, queue_job, reference
 from tests.scraping import scrape, value
 
@@ -137,11 +136,10 @@ def test_unfinished_work_is_gauged_per_organization_with_the_rest_as_other(
 
 
 @pytest.fixture
-def own_queue(settings: Settings, broker: redis.Redis | None) -> Iterator[Settings]:
+def own_queue(settings: Settings) -> Iterator[Settings]:
     queued = dataclasses.replace(settings, queue=f"{settings.queue}-depth-{uuid.uuid4().hex[:6]}")
     yield queued
-    if broker is not None:
-        broker.delete(queued.queue)
+    purge(queued, queued.queue)
 
 
 def test_queue_depth_is_read_from_the_broker(

@@ -32,7 +32,7 @@ from shared.settings import Settings
 from shared.store.engine import make_session_factory
 from shared.store.models import Job
 from tests.checked_client import CheckedClient
-from tests.conftest import queue_keys
+from tests.conftest import purge
 from tests.e2e.conftest import WorkerProcess
 from tests.factories import queue_job, reference
 from tests.jobclient import JobClient, eventually
@@ -72,14 +72,13 @@ def ops_settings(e2e_settings: Settings, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="module")
-def ops_worker(ops_settings: Settings, run_id: str, broker: Any) -> Iterator[WorkerProcess]:
+def ops_worker(ops_settings: Settings, run_id: str) -> Iterator[WorkerProcess]:
     """A worker of its own queue, with PROMETHEUS_MULTIPROC_DIR set as `timebatch run` does."""
     process = WorkerProcess(ops_settings, ops_settings.data_dir / "worker.log", f"ops-{run_id}")
     process.start()
     yield process
     process.stop()
-    if broker is not None:
-        broker.delete(*queue_keys(ops_settings.queue))
+    purge(ops_settings, ops_settings.queue)
 
 
 @pytest.fixture
@@ -164,7 +163,7 @@ def test_worker_log_lines_are_json_with_the_job_ids(
 
 
 def test_sweeper_republishes_are_counted(
-    ops_settings: Settings, ops_client: FlaskClient, e2e_db: Engine, broker: Any
+    ops_settings: Settings, ops_client: FlaskClient, e2e_db: Engine
 ) -> None:
     settings = dataclasses.replace(ops_settings, queue=f"{ops_settings.queue}-sweep")
     with Session(e2e_db) as session:
@@ -177,8 +176,7 @@ def test_sweeper_republishes_are_counted(
         name = "timebatch_sweeper_republished_jobs_total"
         assert moved(before, after, name, queue=settings.queue) == 1
     finally:
-        if broker is not None:
-            broker.delete(*queue_keys(settings.queue))
+        purge(settings, settings.queue)
 
 
 def expired_job(engine: Engine) -> str:

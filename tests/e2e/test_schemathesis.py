@@ -44,7 +44,7 @@ from shared.settings import Settings
 from shared.store.engine import make_session_factory
 from shared.store.models import Job
 from tests.checked_client import NOT_JSONAPI, VALIDATED, check_document
-from tests.conftest import queue_keys, token_for
+from tests.conftest import purge, token_for
 from tests.e2e.conftest import TABLES
 from tests.factories import queue_job
 
@@ -140,16 +140,13 @@ def fuzz_db(e2e_engine: Engine) -> tuple[Engine, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def fuzzed_app(
-    e2e_settings: Settings, fuzz_db: tuple[Engine, list[str]], broker: Any
-) -> Iterator[Flask]:
+def fuzzed_app(e2e_settings: Settings, fuzz_db: tuple[Engine, list[str]]) -> Iterator[Flask]:
     queue = f"{e2e_settings.queue}-schemathesis"
     # No worker reads this queue: its jobs pile up, and the run is not about their limit.
     fuzzed = dataclasses.replace(e2e_settings, queue=queue, org_max_unfinished=10**6)
     app = create_app(fuzzed, sessions=make_session_factory(fuzz_db[0]))
     yield app
-    if broker is not None:
-        broker.delete(*queue_keys(queue))
+    purge(e2e_settings, queue)
 
 
 @pytest.fixture(scope="module")

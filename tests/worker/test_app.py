@@ -38,6 +38,7 @@ from shared.settings import Settings
 from shared.store.engine import make_engine
 from shared.store.models import Job, TimeEntry
 from shared.store.pgcopy import PROGRESS_EVERY
+from tests.conftest import purge
 from tests.e2e.conftest import WorkerProcess
 from tests.factories import Factories, create_resource, queue_job
 from tests.jobclient import eventually
@@ -325,15 +326,14 @@ def logged(process: WorkerProcess, job_id: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def worker_process(worker_settings: Settings, run_id: str, broker: Any) -> Iterator[WorkerProcess]:
+def worker_process(worker_settings: Settings, run_id: str) -> Iterator[WorkerProcess]:
     process = WorkerProcess(
         worker_settings, worker_settings.data_dir / "worker-app.log", f"worker-app-{run_id}"
     )
     process.start()
     yield process
     process.stop()
-    if broker is not None:
-        broker.delete(worker_settings.queue)
+    purge(worker_settings, worker_settings.queue)
 
 
 @pytest.mark.e2e

@@ -9,8 +9,8 @@ Three rules, from the quickest to the slowest:
 - after a broker outage, the worker that reconnects re-publishes what was waiting or
   running when it lost the broker (`recover_after_outage`);
 - where the broker can list the job ids it holds (Redis), a queued job it does not hold is
-  re-published within seconds;
-- otherwise (RabbitMQ) a queued job is re-published after a grace period, backing off.
+  re-published within seconds; so is every queued job when the queue is empty (RabbitMQ);
+- otherwise a queued job is re-published after a grace period, backing off.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from celery import Celery
 from sqlalchemy import ColumnElement, Engine, false, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from shared.jobs.queue import job_ids_in_broker, publish_job
+from shared.jobs.queue import job_ids_in_broker, publish_job, queue_depth
 from shared.ops import metrics
 from shared.settings import Settings
 from shared.store.models import UNFINISHED_STATUSES, Job, JobStatus
@@ -137,7 +137,11 @@ def _republish(
 def recover_jobs(engine: Engine, settings: Settings, app: Celery) -> int:
     """Re-publish stuck jobs; returns how many."""
     # Read before the jobs: a job published in between looks lost, and is sent twice.
-    present = job_ids_in_broker(app, settings.queue)
+    present: Collection[str] | None = job_ids_in_broker(app, settings.queue)
+    if present is None and queue_depth(app, settings.queue) == 0:
+        # RabbitMQ holds nothing for the queue, so no waiting job has a message there (a
+        # worker that has just taken one marks its job running at once).
+        present = frozenset()
     return _republish(
         engine,
         settings,

@@ -40,10 +40,12 @@ OUTCOME_LINE = re.compile(r"^job (?P<job>\S+) (?P<outcome>{})$".format("|".join(
 class WorkerProcess:
     """A real `celery worker` for the e2e queue, in its own process group."""
 
-    def __init__(self, settings: Settings, log: Path, name: str) -> None:
+    def __init__(self, settings: Settings, log: Path, name: str, *, beat: bool = False) -> None:
         self.settings = settings
         self.log = log
         self.name = name
+        # With beat inside (`-B`): the sweeps and purges a deployment's beat would send.
+        self.beat = beat
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> None:
@@ -55,6 +57,8 @@ class WorkerProcess:
             "--queues", f"{self.settings.queue},{self.settings.housekeeping_queue}",
             "--hostname", f"{self.name}@%h", "--without-gossip", "--without-mingle",
         ]  # fmt: skip
+        if self.beat:
+            command += ["--beat", "--schedule", str(self.log.with_suffix(".schedule"))]
         self.log.write_bytes(b"")
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
@@ -118,9 +122,9 @@ def worker_factory(run_id: str) -> Iterator[Callable[[Settings], WorkerProcess]]
     """Starts a worker of its own for these settings' queue; all are stopped after the test."""
     started: list[WorkerProcess] = []
 
-    def start(settings: Settings) -> WorkerProcess:
+    def start(settings: Settings, *, beat: bool = False) -> WorkerProcess:
         name = f"worker{len(started)}-{run_id}"
-        process = WorkerProcess(settings, settings.data_dir / f"{name}.log", name)
+        process = WorkerProcess(settings, settings.data_dir / f"{name}.log", name, beat=beat)
         started.append(process)
         process.start()
         return process

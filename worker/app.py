@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import uuid
 from typing import Any
 
+import celery.worker.consumer
 from celery import Celery, Task, bootsteps
 from celery.utils.log import get_task_logger
 from sqlalchemy import Engine
@@ -50,6 +52,20 @@ class EngineHolder:
             )
             self._pid = os.getpid()
         return self._engine
+
+
+# kombu tries a lost broker again 2, 4, 6 ... and at most 30 s apart; past a long outage a
+# worker would find the broker back up to 30 s late. A few seconds apart costs nothing.
+RECONNECT_INTERVAL_MAX = 4
+
+
+class Consumer(celery.worker.consumer.Consumer):  # type: ignore[misc]
+    """Celery's consumer, reconnecting to a lost broker every few seconds at most."""
+
+    def ensure_connected(self, conn: Any) -> Any:
+        retry = conn.ensure_connection
+        conn.ensure_connection = functools.partial(retry, interval_max=RECONNECT_INTERVAL_MAX)
+        return super().ensure_connected(conn)
 
 
 class BrokerOutage(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -152,6 +168,7 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
             "options": {"expires": float(settings.purge_interval)},
         },
     }
+    app.conf.worker_consumer = f"{__name__}:Consumer"
     app.steps["consumer"].add(BrokerOutage)
     app.conf.timebatch_settings = settings
     return app

@@ -48,8 +48,7 @@ class WorkerProcess:
         self.beat = beat
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60) -> None:
-        env = os.environ | self.settings.as_env()
+    def command(self) -> list[str]:
         celery = str(Path(sys.executable).parent / "celery")
         command = [
             celery, "-A", "worker.main", "worker", "--loglevel", "INFO",
@@ -59,10 +58,18 @@ class WorkerProcess:
         ]  # fmt: skip
         if self.beat:
             command += ["--beat", "--schedule", str(self.log.with_suffix(".schedule"))]
+        return command
+
+    def start(self, timeout: float = 60) -> None:
+        env = os.environ | self.settings.as_env()
         self.log.write_bytes(b"")
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                self.command(),
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

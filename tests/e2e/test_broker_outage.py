@@ -12,6 +12,9 @@ the worker (with beat inside, as a deployment has) recovers on its own, with the
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,15 +30,18 @@ from shared.store.engine import make_session_factory
 from shared.store.models import Job
 from tests.checked_client import CheckedClient
 from tests.conftest import purge, queued
+from tests.e2e.conftest import WorkerProcess
 from tests.e2e.test_pipeline import create_doc, entry_count
 from tests.jobclient import JobClient, eventually
-from tests.servers import PrivateRedis, PrivateVhost, amqp_url, rabbitmqctl
+from tests.servers import PrivateRedis, PrivateVhost, amqp_url, free_port, rabbitmqctl
 
 pytestmark = pytest.mark.e2e
 
 JOBS = 20
 ENTRIES = 2000
 RECOVERY_LIMIT = 30.0
+# Celery's line for each failed try: "... Trying again in 4.00 seconds... (3/100)".
+RETRY_IN = re.compile(r"Trying again in (\d+\.\d+) seconds")
 
 
 class Broker:
@@ -162,3 +168,36 @@ def test_every_job_ends_once_soon_after_the_broker_fault(
     assert entry_count(e2e_db) == before + JOBS * ENTRIES  # each applied exactly once
     assert worker.process is not None and worker.process.poll() is None
     assert recovery <= RECOVERY_LIMIT
+
+
+def test_a_worker_tries_a_lost_broker_again_every_few_seconds(
+    e2e_settings: Settings, broker_kind: str, tmp_path: Path
+) -> None:
+    """kombu's own backoff grows to 30 s between tries: a worker would find a broker back
+    after a long outage up to that late. Ours is capped at a few seconds."""
+    port = free_port()  # nothing listens there: the broker is away
+    url = (
+        f"redis://127.0.0.1:{port}/0"
+        if broker_kind == "redis"
+        else (f"amqp://guest:guest@127.0.0.1:{port}//")
+    )
+    away = dataclasses.replace(e2e_settings, broker_url=url, queue=f"{e2e_settings.queue}-away")
+    log = tmp_path / "worker.log"
+    worker = WorkerProcess(away, log, "away")
+    with log.open("ab") as out:
+        worker.process = subprocess.Popen(
+            worker.command(), env=os.environ | away.as_env(), stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        waits: list[float] = []
+
+        def tried_four_times() -> bool:
+            waits[:] = [float(m) for m in RETRY_IN.findall(log.read_text(errors="replace"))]
+            return len(waits) >= 4
+
+        eventually(tried_four_times, timeout=60, what="four tries of the missing broker")
+    finally:
+        worker.kill()
+    # kombu alone: 2, 4, 6, 8 ... 30.
+    assert waits[:4] == [2.0, 4.0, 4.0, 4.0]

@@ -109,7 +109,7 @@ class PrivateVhost:
     def url(self) -> str:
         return f"{self.base_url}/{self.name}"
 
-    def _ctl(self, *args: str) -> str:
+    def ctl(self, *args: str) -> str:
         executable = rabbitmqctl()
         if executable is None:
             raise RuntimeError("rabbitmqctl is not installed")
@@ -119,19 +119,19 @@ class PrivateVhost:
         return done.stdout
 
     def create(self) -> None:
-        self._ctl("add_vhost", self.name)
+        self.ctl("add_vhost", self.name)
         user = self.base_url.split("//", 1)[1].split(":", 1)[0]
-        self._ctl("set_permissions", "-p", self.name, user, ".*", ".*", ".*")
+        self.ctl("set_permissions", "-p", self.name, user, ".*", ".*", ".*")
 
     def close_connections(self) -> int:
         """Close every client connection of the vhost; returns how many there were."""
-        listed = self._ctl("list_connections", "-p", self.name, "--no-table-headers", "name")
+        listed = self.ctl("list_connections", "-p", self.name, "--no-table-headers", "name")
         count = len([line for line in listed.splitlines() if line.strip()])
-        self._ctl("close_all_connections", "-p", self.name, "a test restarts the broker")
+        self.ctl("close_all_connections", "-p", self.name, "a test restarts the broker")
         return count
 
     def delete(self) -> None:
-        self._ctl("delete_vhost", self.name)
+        self.ctl("delete_vhost", self.name)
 
     def __enter__(self) -> PrivateVhost:
         self.create()

@@ -55,7 +55,7 @@ def document(organization: int, n: int) -> bytes:
 
 @pytest.fixture
 def own_settings(e2e_settings: Settings, request: pytest.FixtureRequest) -> Settings:
-    return dataclasses.replace(e2e_settings, queue=f"{e2e_settings.queue}-{request.node.name}")
+    return dataclasses.replace(e2e_settings, queue=f"{e2e_settings.queue}-{request.node.originalname}")
 
 
 def client_for(settings: Settings, engine: Engine, **kwargs: Any) -> JobClient:

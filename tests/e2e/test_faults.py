@@ -143,6 +143,7 @@ def test_sigkill_of_the_worker_mid_job(
     e2e_db: Engine,
     fault_settings: Settings,
     start_worker: Any,
+    broker_kind: str,
 ) -> None:
     headers = e2e_auth(7781)
     before = entry_count(e2e_db)
@@ -154,7 +155,10 @@ def test_sigkill_of_the_worker_mid_job(
     assert entry_count(e2e_db) == before  # the killed transaction left nothing
     start_worker()
     as_if_time_passed(e2e_db, [job_id], fault_settings.job_lease + 1)
-    assert sweep_until_finished(e2e_db, fault_settings, [job_id]) >= 1
+    republished = sweep_until_finished(e2e_db, fault_settings, [job_id])
+    # Redis keeps the killed worker's message unacknowledged until the visibility timeout:
+    # the sweeper sends it again. RabbitMQ gives it back as soon as the connection drops.
+    assert republished >= (1 if broker_kind == "redis" else 0)
     outcome = fault_client.follow(accepted, headers)
     assert outcome.status == 201
     assert entry_count(e2e_db) == before + 5000

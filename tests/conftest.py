@@ -89,13 +89,19 @@ def settings(
     )
 
 
-@pytest.fixture(scope="session")
-def engine(settings: Settings) -> Iterator[Engine]:
+def demo_engine(settings: Settings) -> Engine:
+    """An engine on the settings' database, migrated and holding the demo data."""
     engine = make_engine(settings)
     migrate.upgrade(engine)
     with Session(engine) as session:
         load_demo(session)
         session.commit()
+    return engine
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings) -> Iterator[Engine]:
+    engine = demo_engine(settings)
     yield engine
     engine.dispose()
     _drop(settings)

@@ -18,14 +18,12 @@ from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
 from api import create_app
-from shared.cli.demo import load_demo
 from shared.settings import Settings
-from shared.store import migrate
-from shared.store.engine import make_engine, make_session_factory
+from shared.store.engine import make_session_factory
 from shared.store.models import Job
 from shared.store.notify import CHANNEL
 from tests.checked_client import JSONAPI, CheckedClient
-from tests.conftest import _settings, token_for
+from tests.conftest import _settings, demo_engine, token_for
 from tests.e2e.conftest import WorkerProcess
 from tests.e2e.test_faults import job_row, submit_create, wait_for_blocked_worker
 from tests.e2e.test_pipeline import create_doc, entry_count
@@ -54,11 +52,7 @@ def restart_settings(
 
 @pytest.fixture
 def restart_engine(restart_settings: Settings) -> Iterator[Engine]:
-    engine = make_engine(restart_settings)
-    migrate.upgrade(engine)
-    with Session(engine) as session:
-        load_demo(session)
-        session.commit()
+    engine = demo_engine(restart_settings)
     yield engine
     engine.dispose()
 

@@ -16,7 +16,8 @@ import dataclasses
 import datetime as dt
 import gzip
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from zoneinfo import ZoneInfoNotFoundError
 
@@ -116,6 +117,16 @@ def test_each_worker_app_runs_its_own_task(
     assert (result.state, result.result) == ("SUCCESS", "succeeded")
 
 
+@contextmanager
+def on_retry(task: Task[[str], str], handler: Callable[..., None]) -> Iterator[None]:
+    """Call the handler each time the task asks Celery for a retry, while in the block."""
+    signals.task_retry.connect(handler, sender=task, weak=False)
+    try:
+        yield
+    finally:
+        signals.task_retry.disconnect(handler, sender=task)
+
+
 @pytest.fixture
 def retries(process_job: Task[[str], str]) -> Iterator[list[Retry]]:
     """The retries the task asked Celery for, as Celery's task_retry signal reports them."""
@@ -124,9 +135,8 @@ def retries(process_job: Task[[str], str]) -> Iterator[list[Retry]]:
     def record(reason: Retry, **_: Any) -> None:
         seen.append(reason)
 
-    signals.task_retry.connect(record, sender=process_job, weak=False)
-    yield seen
-    signals.task_retry.disconnect(record, sender=process_job)
+    with on_retry(process_job, record):
+        yield seen
 
 
 def queued(engine: Engine, data: list[dict[str, Any]], principal: Principal = MEMBER) -> str:
@@ -182,11 +192,8 @@ def test_a_transient_error_retries_with_a_countdown_and_then_succeeds(
         def release(**_: Any) -> None:
             holder.rollback()  # the other transaction ends once the task has asked to retry
 
-        signals.task_retry.connect(release, sender=process_job, weak=False)
-        try:
+        with on_retry(process_job, release):
             result = process_job.apply(args=[job_id])
-        finally:
-            signals.task_retry.disconnect(release, sender=process_job)
 
     assert (result.state, result.result) == ("SUCCESS", "succeeded")
     (retry,) = retries
@@ -213,11 +220,8 @@ def test_a_transient_error_is_retried_past_the_attempts_limit_until_the_job_comp
             if len(retries) == MAX_ATTEMPTS + 2:
                 holder.rollback()
 
-        signals.task_retry.connect(release_late, sender=process_job, weak=False)
-        try:
+        with on_retry(process_job, release_late):
             result = process_job.apply(args=[job_id])
-        finally:
-            signals.task_retry.disconnect(release_late, sender=process_job)
 
     assert (result.state, result.result) == ("SUCCESS", "succeeded")
     assert [retry.when for retry in retries] == [1, 2, 4, 8]
@@ -272,11 +276,8 @@ def test_an_internal_error_that_does_not_come_back_does_not_fail_the_job(
         with e2e_db.begin() as connection:
             connection.execute(update(Job).where(Job.id == uuid.UUID(job_id)).values(batch=intact))
 
-    signals.task_retry.connect(repair, sender=process_job, weak=False)
-    try:
+    with on_retry(process_job, repair):
         result = process_job.apply(args=[job_id])
-    finally:
-        signals.task_retry.disconnect(repair, sender=process_job)
 
     assert (result.state, result.result) == ("SUCCESS", "succeeded")
     (retry,) = retries

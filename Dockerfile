@@ -21,6 +21,8 @@ COPY migrations /src/migrations
 RUN pip install /src && rm -rf /src
 
 WORKDIR /app
+# `timebatch run` reads the process commands from the working directory's Procfile.
+COPY Procfile /app/Procfile
 USER timebatch
 ENV TIMEBATCH_DATA_DIR=/data \
     TIMEBATCH_DEMO=0

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from bench.memory import TreeMemory
 from shared.cli.demo import load_demo
 from shared.devstack.embedded import embedded_settings
-from shared.devstack.supervisor import executable, stack_commands
+from shared.devstack.supervisor import executable, stack_commands, stack_env
 from shared.domain.tokens import create_token
 from shared.settings import Settings
 from shared.store import migrate
@@ -205,9 +205,7 @@ class Stack:
 
 def child_env(settings: Settings) -> dict[str, str]:
     """The children's environment: ours, with the stack's settings on top."""
-    env = settings.child_env()
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return stack_env(settings) | {"PYTHONUNBUFFERED": "1"}
 
 
 def open_stack(

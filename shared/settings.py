@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,8 @@ class Settings:
     port: int = 8000
     flower_port: int = 5555
     flower_basic_auth: str | None = None
+    # The address web and Flower listen on; unset, the Procfile's (every interface).
+    bind: str | None = None
     demo: bool = True
     max_batch_size: int = 10_000
     max_body_bytes: int = 64 * 1024 * 1024
@@ -160,8 +163,12 @@ class Settings:
         return dataclasses.replace(self, database_url=database_url, broker_url=broker_url)
 
     def child_env(self) -> dict[str, str]:
-        """A child process's environment: this process's, with these settings on top."""
-        return dict(os.environ) | self.as_env()
+        """A child process's environment: this process's, with these settings on top, and
+        this interpreter's programs first on PATH, so that a command started through another
+        (`env -u ... celery`) finds them without an activated virtualenv."""
+        env = dict(os.environ) | self.as_env()
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        return env
 
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process."""
@@ -171,6 +178,7 @@ class Settings:
             "TIMEBATCH_DATA_DIR": str(self.data_dir),
             "TIMEBATCH_PORT": str(self.port),
             "FLOWER_PORT": str(self.flower_port),
+            **({"TIMEBATCH_BIND": self.bind} if self.bind is not None else {}),
             "TIMEBATCH_DEMO": "1" if self.demo else "0",
             "TIMEBATCH_MAX_BATCH_SIZE": str(self.max_batch_size),
             "TIMEBATCH_MAX_BODY_BYTES": str(self.max_body_bytes),
@@ -216,6 +224,7 @@ class Settings:
             port=_int(env, "TIMEBATCH_PORT", 8000, minimum=1, maximum=65535),
             flower_port=_int(env, "FLOWER_PORT", 5555, minimum=1, maximum=65535),
             flower_basic_auth=_basic_auth(env, "FLOWER_BASIC_AUTH"),
+            bind=_text(env, "TIMEBATCH_BIND"),
             demo=_bool(env, "TIMEBATCH_DEMO", True),
             max_batch_size=_int(env, "TIMEBATCH_MAX_BATCH_SIZE", 10_000, minimum=1, maximum=10**7),
             max_body_bytes=_int(

@@ -156,6 +156,9 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     def purge_jobs() -> int:
         return purge_expired(holder.engine, settings)
 
+    # Beat keeps its schedule in the data dir; beat opens it before any signal of its own.
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app.conf.beat_schedule_filename = str(settings.data_dir / "celerybeat-schedule")
     app.conf.beat_schedule = {
         "sweep-stuck-jobs": {
             "task": SWEEP_JOBS,

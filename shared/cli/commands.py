@@ -151,12 +151,17 @@ def token_create(person_id: int, read_only: bool, as_json: bool) -> None:
 @main.command("run")
 def run() -> None:
     """Migrate, load demo data, and run web, worker, beat and Flower in the foreground."""
-    from shared.devstack.supervisor import run_stack, with_flower_auth, with_metrics_dir
+    from shared.devstack.supervisor import (
+        run_stack,
+        with_flower_auth,
+        with_local_bind,
+        with_metrics_dir,
+    )
 
     base = _settings()
     made_up_flower_login = base.flower_basic_auth is None
     try:
-        base = with_metrics_dir(with_flower_auth(base, embedded=base.embedded))
+        base = with_local_bind(with_metrics_dir(with_flower_auth(base, embedded=base.embedded)))
     except SettingsError as exc:
         raise click.ClickException(str(exc)) from exc
     with embedded_settings(base) as settings:
@@ -169,8 +174,9 @@ def run() -> None:
             engine.dispose()
         if base.embedded:
             click.echo(f"embedded PostgreSQL and Redis under {settings.data_dir}")
+        host = "127.0.0.1" if settings.bind in ("127.0.0.1", "0.0.0.0") else settings.bind
         click.echo(
-            f"web on http://127.0.0.1:{settings.port} , Flower on http://127.0.0.1:{settings.flower_port}"
+            f"web on http://{host}:{settings.port} , Flower on http://{host}:{settings.flower_port}"
         )
         if made_up_flower_login:
             user, _, password = (settings.flower_basic_auth or "").partition(":")

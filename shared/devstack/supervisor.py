@@ -1,15 +1,15 @@
 """Run the timebatch stack (web, worker, beat, flower) in the foreground, like honcho.
 
-The commands are defined once, in :data:`PROCESSES`; the Procfile and docker-compose.yml
-spell the same argument lists with environment variables (see :data:`SETTINGS_ENV`).
+The commands are the Procfile's, the one list of them: :func:`stack_commands` reads it and
+expands its variables (``${WEB_CONCURRENCY:-2}``) with the settings' environment, as the
+shell of honcho or of a platform would; docker-compose.yml spells the same commands.
 
-Each process runs in its own process group with ``settings.child_env()`` (less
-what :data:`UNSET_ENV` names for it) and its output is copied line by line with the process
-name in front. On SIGINT, SIGTERM or SIGHUP,
-or as soon as any process exits on its own, every process group gets SIGTERM; whatever is
-left after :data:`STOP_TIMEOUT` seconds gets SIGKILL. :func:`run_stack` returns only when no
-process of the stack is left, grandchildren included (celery's prefork pool, gunicorn's
-workers). A second signal while stopping skips the grace period.
+Each process runs in its own process group with the environment its command was expanded
+with, and its output is copied line by line with the process name in front. On SIGINT,
+SIGTERM or SIGHUP, or as soon as any process exits on its own, every process group gets
+SIGTERM; whatever is left after :data:`STOP_TIMEOUT` seconds gets SIGKILL. :func:`run_stack`
+returns only when no process of the stack is left, grandchildren included (celery's prefork
+pool, gunicorn's workers). A second signal while stopping skips the grace period.
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ import secrets
 import shlex
 import shutil
 import signal
-import string
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,74 +31,17 @@ from types import FrameType
 from typing import IO, Any
 
 import psutil
+from expandvars import expand
+from honcho.environ import parse_procfile
 
 from shared.ops.metrics import prepare_directory
 from shared.settings import Settings, SettingsError
 
-# Argument templates; "{field}" is a Settings attribute listed in SETTINGS_ENV.
-PROCESSES: dict[str, list[str]] = {
-    "web": [
-        "gunicorn",
-        "--bind",
-        "0.0.0.0:{port}",
-        "--workers",
-        "{web_concurrency}",
-        "--worker-class",
-        "gthread",
-        "--threads",
-        "8",
-        "--timeout",
-        "120",
-        "--config",
-        "python:api.gunicorn_config",
-        "api.wsgi:app",
-    ],
-    "worker": [
-        "celery",
-        "-A",
-        "worker.main",
-        "worker",
-        "--loglevel",
-        "INFO",
-        "--concurrency",
-        "{worker_concurrency}",
-        "--queues",
-        # The jobs, and housekeeping (Settings.housekeeping_queue).
-        "{queue},{queue}.housekeeping",
-    ],
-    "beat": [
-        "celery",
-        "-A",
-        "worker.main",
-        "beat",
-        "--loglevel",
-        "INFO",
-        "--schedule",
-        "{data_dir}/celerybeat-schedule",
-    ],
-    "flower": [
-        "celery",
-        "-A",
-        "worker.main",
-        "flower",
-        "--port={flower_port}",
-        "--basic-auth={flower_basic_auth}",  # see with_flower_auth
-    ],
-}
-# Environment variables a process must not inherit: Flower keeps its own metrics in memory
-# (its /metrics), and must not write them among the web's and worker's multiprocess files.
-UNSET_ENV: dict[str, tuple[str, ...]] = {"flower": ("PROMETHEUS_MULTIPROC_DIR",)}
-
-# Template field -> the environment variable that carries it (Settings.as_env()).
-SETTINGS_ENV: dict[str, str] = {
-    "port": "TIMEBATCH_PORT",
-    "web_concurrency": "WEB_CONCURRENCY",
-    "worker_concurrency": "WORKER_CONCURRENCY",
-    "queue": "TIMEBATCH_QUEUE",
-    "data_dir": "TIMEBATCH_DATA_DIR",
-    "flower_port": "FLOWER_PORT",
-    "flower_basic_auth": "FLOWER_BASIC_AUTH",
-}
+# In a checkout (make run) the Procfile lies beside the packages; an installed package (the
+# image) finds it in the working directory.
+CHECKOUT_PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"
+# Run once before the others (the migration), not beside them.
+RELEASE = "release"
 
 STOP_TIMEOUT = 15.0
 KILL_TIMEOUT = 5.0
@@ -110,28 +51,36 @@ _SNAPSHOT_EVERY = 1.0
 _COLOURS = (36, 33, 32, 35, 34, 31)
 
 
-def template_fields(argument: str) -> list[str]:
-    """The "{field}" names used in one template argument."""
-    return [name for _, name, _, _ in string.Formatter().parse(argument) if name]
+def stack_env(settings: Settings) -> dict[str, str]:
+    """The environment of the stack's processes: the settings', the web on their port."""
+    # The Procfile's web binds $PORT first, as platforms set it: here the settings decide.
+    return settings.child_env() | {"PORT": str(settings.port)}
 
 
-def render(template: Sequence[str], values: Mapping[str, object]) -> list[str]:
-    """Fill a template's fields; an argument with a field whose value is None is dropped."""
-    argv: list[str] = []
-    for argument in template:
-        names = template_fields(argument)
-        if any(values[name] is None for name in names):
-            continue
-        argv.append(argument.format_map({name: str(values[name]) for name in names}))
-    return argv
+def find_procfile() -> Path:
+    if CHECKOUT_PROCFILE.is_file():
+        return CHECKOUT_PROCFILE
+    here = Path.cwd() / "Procfile"
+    if here.is_file():
+        return here
+    raise SettingsError(
+        f"no Procfile beside the packages ({CHECKOUT_PROCFILE}) nor in {here.parent}"
+    )
 
 
-def stack_commands(settings: Settings) -> dict[str, list[str]]:
-    """The argv of every process of the stack, executables resolved (see :func:`executable`)."""
-    values = {name: getattr(settings, name) for name in SETTINGS_ENV}
+def stack_commands(settings: Settings, procfile: Path | None = None) -> dict[str, list[str]]:
+    """The argv of every long-running process of the Procfile, its variables expanded with
+    :func:`stack_env`, executables resolved (see :func:`executable`)."""
+    env = stack_env(settings)
     commands: dict[str, list[str]] = {}
-    for name, template in PROCESSES.items():
-        argv = render(template, values)
+    text = (procfile or find_procfile()).read_text()
+    for name, command in parse_procfile(text).processes.items():
+        if name == RELEASE:
+            continue
+        try:
+            argv = shlex.split(expand(command, environ=env))
+        except KeyError as exc:  # ${VAR:?message} with VAR unset
+            raise SettingsError(f"the Procfile's {name} needs {exc.args[0]}") from exc
         commands[name] = [executable(argv[0]), *argv[1:]]
     return commands
 
@@ -162,6 +111,14 @@ def with_flower_auth(settings: Settings, *, embedded: bool) -> Settings:
     return dataclasses.replace(settings, flower_basic_auth=f"admin:{password}")
 
 
+def with_local_bind(settings: Settings) -> Settings:
+    """`timebatch run` serves this machine only unless TIMEBATCH_BIND says otherwise; the
+    Procfile and compose bind every interface, as a platform or a container needs."""
+    if settings.bind is not None:
+        return settings
+    return dataclasses.replace(settings, bind="127.0.0.1")
+
+
 def with_metrics_dir(settings: Settings) -> Settings:
     """PROMETHEUS_MULTIPROC_DIR, <data_dir>/metrics unless set: web and worker share it."""
     if settings.metrics_dir is not None:
@@ -169,13 +126,7 @@ def with_metrics_dir(settings: Settings) -> Settings:
     return dataclasses.replace(settings, metrics_dir=settings.data_dir / "metrics")
 
 
-def child_env(name: str, env: Mapping[str, str]) -> dict[str, str]:
-    """The environment of one process of the stack."""
-    unset = UNSET_ENV.get(name, ())
-    return {key: value for key, value in env.items() if key not in unset}
-
-
-def run_stack(settings: Settings) -> int:
+def run_stack(settings: Settings, procfile: Path | None = None) -> int:
     """Run the stack in the foreground until a signal arrives or a process exits.
 
     Returns 0 after a stop by signal, else the exit status of the process that exited on
@@ -183,14 +134,13 @@ def run_stack(settings: Settings) -> int:
     not be started. Must be called from the main thread (it installs signal handlers).
     Settings must carry both URLs (see shared.devstack.embedded.embedded_settings).
     """
-    env = settings.child_env()
+    env = stack_env(settings)
     env.setdefault("PYTHONUNBUFFERED", "1")  # lines through our pipes as they are printed
-    settings.data_dir.mkdir(parents=True, exist_ok=True)  # beat keeps its schedule there
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.metrics_dir is not None:
         # Counters start from zero with the stack; files of an earlier run would be summed.
         prepare_directory(settings.metrics_dir, clear=True)
-    commands = stack_commands(settings)
-    return _Stack(commands, {name: child_env(name, env) for name in commands}).run()
+    return _Stack(stack_commands(settings, procfile), env).run()
 
 
 @dataclass
@@ -205,7 +155,7 @@ class _Child:
 @dataclass
 class _Stack:
     commands: dict[str, list[str]]
-    envs: dict[str, dict[str, str]]
+    env: dict[str, str]
     children: list[_Child] = field(default_factory=list)
     descendants: dict[int, Any] = field(default_factory=dict)  # pid -> psutil.Process
     signals: int = 0
@@ -242,7 +192,7 @@ class _Stack:
             try:
                 popen = subprocess.Popen(
                     argv,
-                    env=self.envs[name],
+                    env=self.env,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,

@@ -27,7 +27,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from api import create_app
-from shared.devstack.supervisor import stack_commands
+from shared.devstack.supervisor import stack_commands, stack_env
 from shared.jobs.queue import SWEEP_JOBS, create_celery
 from shared.settings import Settings
 from shared.store.engine import make_session_factory
@@ -55,7 +55,9 @@ def document(organization: int, n: int) -> bytes:
 
 @pytest.fixture
 def own_settings(e2e_settings: Settings, request: pytest.FixtureRequest) -> Settings:
-    return dataclasses.replace(e2e_settings, queue=f"{e2e_settings.queue}-{request.node.originalname}")
+    return dataclasses.replace(
+        e2e_settings, queue=f"{e2e_settings.queue}-{request.node.originalname}"
+    )
 
 
 def client_for(settings: Settings, engine: Engine, **kwargs: Any) -> JobClient:
@@ -294,7 +296,7 @@ def web(own_settings: Settings, e2e_db: Engine) -> Iterator[str]:
     with log.open("wb") as out:
         process = subprocess.Popen(
             argv,
-            env=settings.child_env(),
+            env=stack_env(settings),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

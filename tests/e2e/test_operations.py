@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
 import socket
 import subprocess
 import uuid
@@ -240,7 +239,7 @@ def flower(ops_settings: Settings) -> Iterator[tuple[str, tuple[str, str]]]:
         ops_settings, flower_port=port, flower_basic_auth=":".join(login)
     )
     argv = supervisor.stack_commands(settings)["flower"]
-    env = supervisor.child_env("flower", os.environ | settings.as_env())
+    env = supervisor.stack_env(settings)
     log = (ops_settings.data_dir / "flower.log").open("wb")
     process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

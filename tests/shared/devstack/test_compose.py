@@ -1,7 +1,8 @@
-"""docker-compose.yml and the Procfile run the processes of `timebatch run`, production-ready.
+"""The Procfile, the one list of the processes `timebatch run` starts, and docker-compose.yml,
+which spells the same commands, both production-ready.
 
-The commands are compared with shared/devstack/supervisor.py PROCESSES rendered with the variables
-each file uses; the compose file is read with a YAML parser, anchors and merge keys included.
+The compose file's commands are compared with the Procfile's expanded with the compose
+file's variables; it is read with a YAML parser, anchors and merge keys included.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
+from expandvars import expand
+from honcho.environ import parse_procfile
 
-from shared.devstack import supervisor
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -32,11 +34,7 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def procfile() -> dict[str, str]:
-    lines: dict[str, str] = {}
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if match := re.match(r"^([A-Za-z0-9_]+):\s*(.+)$", line):
-            lines[match.group(1)] = match.group(2)
-    return lines
+    return dict(parse_procfile((ROOT / "Procfile").read_text()).processes)
 
 
 def defaults(tmp_path: Path) -> Settings:
@@ -46,19 +44,37 @@ def defaults(tmp_path: Path) -> Settings:
 # -------------------------------------------------------------------------------- Procfile
 
 
-def test_procfile_runs_the_same_commands(procfile: dict[str, str]) -> None:
-    assert procfile.pop("release") == "timebatch db upgrade"
-    assert set(procfile) == set(supervisor.PROCESSES)
-    as_env = {name: f"${env}" for name, env in supervisor.SETTINGS_ENV.items()}
-    for name, template in supervisor.PROCESSES.items():
-        words = shlex.split(REQUIRED.sub(r"$\1", procfile[name]))
-        # What `timebatch run` leaves out of a process's environment, the Procfile unsets.
-        unset = supervisor.UNSET_ENV.get(name, ())
-        if unset:
-            assert words[:1] == ["env"]
-            assert words[1 : 1 + 2 * len(unset)] == [w for v in unset for w in ("-u", v)]
-            words = words[1 + 2 * len(unset) :]
-        assert words == supervisor.render(template, as_env), name
+# ${VAR:-default} with no variable inside the default: the innermost of nested ones.
+INNER_DEFAULT = re.compile(r"\$\{(\w+):-([^${}]*)\}")
+
+
+def test_every_procfile_variable_has_the_settings_default(
+    procfile: dict[str, str], tmp_path: Path
+) -> None:
+    assert procfile["release"] == "timebatch db upgrade"
+    assert set(procfile) == {"release", *LONG_RUNNING}
+    text = " ".join(procfile.values())
+    assert not re.search(r"\$\w", text), "a variable without a default"
+    urls = ("postgresql+psycopg://x@y/z", "redis://r:6379/0")
+    settings_env = defaults(tmp_path).with_urls(*urls).as_env()
+    found = INNER_DEFAULT.findall(text)
+    # TIMEBATCH_BIND is unset by default: the Procfile binds every interface, as a
+    # platform needs; `timebatch run` binds 127.0.0.1 (shared/devstack/supervisor.py).
+    assert ("TIMEBATCH_BIND", "0.0.0.0") in found
+    for name, default in found:
+        if name != "TIMEBATCH_BIND":
+            assert settings_env[name] == default, name
+    assert "${PORT:-${TIMEBATCH_PORT:-" in procfile["web"]  # the platform's port first
+
+
+def test_the_procfile_runs_with_only_what_a_platform_must_set(procfile: dict[str, str]) -> None:
+    env = {"DATABASE_URL": "x", "BROKER_URL": "y", "FLOWER_BASIC_AUTH": "a:b", "PORT": "5000"}
+    words = {name: shlex.split(expand(command, environ=env)) for name, command in procfile.items()}
+    assert words["web"][1:5] == ["--bind", "0.0.0.0:5000", "--workers", "2"]
+    assert (
+        "--concurrency" in words["worker"] and "timebatch,timebatch.housekeeping" in words["worker"]
+    )
+    assert words["flower"][-3:] == ["--address=0.0.0.0", "--port=5555", "--basic-auth=a:b"]
 
 
 def test_procfile_flower_refuses_to_start_without_basic_auth(procfile: dict[str, str]) -> None:
@@ -68,27 +84,27 @@ def test_procfile_flower_refuses_to_start_without_basic_auth(procfile: dict[str,
 # ---------------------------------------------------------------------- docker-compose.yml
 
 
-def test_compose_runs_the_same_commands(compose: dict[str, Any], tmp_path: Path) -> None:
+def test_compose_runs_the_procfiles_commands(
+    compose: dict[str, Any], procfile: dict[str, str]
+) -> None:
     services = compose["services"]
     assert set(services) == {"postgres", "redis", "migrate", *LONG_RUNNING}
+    assert services["migrate"]["command"] == shlex.split(procfile["release"])
     environment = compose["x-app"]["environment"]
-    values: dict[str, object] = {
-        "port": 8000,
-        "flower_port": 5555,
-        "data_dir": "/data",
-        "flower_basic_auth": "${FLOWER_BASIC_AUTH:?set FLOWER_BASIC_AUTH}",
-    }
-    for name in ("web_concurrency", "worker_concurrency", "queue"):
-        env = supervisor.SETTINGS_ENV[name]
-        values[name] = environment[env]  # e.g. ${WORKER_CONCURRENCY:-2}
-        assert values[name] == f"${{{env}:-{getattr(defaults(tmp_path), name)}}}"
-    for name, template in supervisor.PROCESSES.items():
-        assert [str(word) for word in services[name]["command"]] == supervisor.render(
-            template, values
-        ), name
     assert environment["TIMEBATCH_PORT"] == "8000" and environment["FLOWER_PORT"] == "5555"
     assert environment["TIMEBATCH_DATA_DIR"] == "/data"
-    assert services["migrate"]["command"] == ["timebatch", "db", "upgrade"]
+    for name in LONG_RUNNING:
+        # Compose's own ${...} stay as they are, for compose to fill in; their spaces are
+        # inside one word.
+        env = {**environment, **services[name]["environment"]}
+        space = "\N{NO-BREAK SPACE}"
+        kept = {key: str(value).replace(" ", space) for key, value in env.items()}
+        expanded = shlex.split(expand(procfile[name], environ=kept))
+        words = [word.replace(space, " ") for word in expanded]
+        # Compose's Flower has no PROMETHEUS_MULTIPROC_DIR to unset.
+        if words[:3] == ["env", "-u", "PROMETHEUS_MULTIPROC_DIR"]:
+            words = words[3:]
+        assert [str(word) for word in services[name]["command"]] == words, name
 
 
 def test_compose_passes_every_setting_with_the_same_defaults(
@@ -155,7 +171,8 @@ def test_compose_web_and_worker_share_an_in_memory_metrics_directory(
     assert volume["driver_opts"]["type"] == "tmpfs"
     for name in set(LONG_RUNNING) - {"web", "worker"}:
         assert "PROMETHEUS_MULTIPROC_DIR" not in services[name]["environment"], name
-    assert set(supervisor.UNSET_ENV["flower"]) == {"PROMETHEUS_MULTIPROC_DIR"}
+    procfile = parse_procfile((ROOT / "Procfile").read_text()).processes
+    assert procfile["flower"].startswith("env -u PROMETHEUS_MULTIPROC_DIR ")
 
 
 def test_compose_checks_web_and_worker_health(compose: dict[str, Any]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import queue
@@ -27,26 +26,39 @@ from shared.settings import Settings, SettingsError
 ROOT = Path(__file__).resolve().parents[3]
 PYTHON = sys.executable
 
-SLEEPER = (
-    "import os, time\n"
-    "print('ready', os.getpid(), os.environ['TIMEBATCH_QUEUE'], flush=True)\n"
-    "time.sleep(60)\n"
+SLEEPER = "; ".join(
+    [
+        "import os, time",
+        "print('ready', os.getpid(), os.environ['TIMEBATCH_QUEUE'], flush=True)",
+        "time.sleep(60)",
+    ]
 )
 # Two grandchildren: one in the child's process group, one that leaves it (setsid).
-SPAWNER = (
-    "import subprocess, sys, time\n"
-    "nap = [sys.executable, '-c', 'import time; time.sleep(60)']\n"
-    "kept = subprocess.Popen(nap)\n"
-    "escaped = subprocess.Popen(nap, start_new_session=True)\n"
-    "print('ready', kept.pid, escaped.pid, flush=True)\n"
-    "time.sleep(60)\n"
+SPAWNER = "; ".join(
+    [
+        "import subprocess, sys, time",
+        "nap = [sys.executable, '-c', 'import time; time.sleep(60)']",
+        "kept = subprocess.Popen(nap)",
+        "escaped = subprocess.Popen(nap, start_new_session=True)",
+        "print('ready', kept.pid, escaped.pid, flush=True)",
+        "time.sleep(60)",
+    ]
 )
-STUBBORN = (
-    "import os, signal, time\n"
-    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-    "print('ready', os.getpid(), flush=True)\n"
-    "time.sleep(60)\n"
+STUBBORN = "; ".join(
+    [
+        "import os, signal, time",
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)",
+        "print('ready', os.getpid(), flush=True)",
+        "time.sleep(60)",
+    ]
 )
+
+
+def procfile(tmp_path: Path, processes: dict[str, list[str]]) -> Path:
+    """A Procfile of these processes, for the stack to read as it reads the project's."""
+    path = tmp_path / "Procfile"
+    path.write_text("".join(f"{name}: {shlex.join(argv)}\n" for name, argv in processes.items()))
+    return path
 
 
 def settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -86,12 +98,15 @@ def ready_pids(lines: list[str]) -> dict[str, list[int]]:
 # ------------------------------------------------------------------------------- commands
 
 
-def test_stack_commands_follow_settings(tmp_path: Path) -> None:
-    base = settings(tmp_path, port=8123, web_concurrency=3, worker_concurrency=4)
+def test_stack_commands_are_the_procfiles_with_the_settings(tmp_path: Path) -> None:
+    base = settings(
+        tmp_path, port=8123, web_concurrency=3, worker_concurrency=4, flower_basic_auth="a:b,c:d"
+    )
     commands = supervisor.stack_commands(base)
-    assert list(commands) == ["web", "worker", "beat", "flower"]
+    assert list(commands) == ["web", "worker", "beat", "flower"]  # release runs before
+    programs = {name: Path(argv[0]).name for name, argv in commands.items()}
+    assert programs == {"web": "gunicorn", "worker": "celery", "beat": "celery", "flower": "env"}
     for argv in commands.values():
-        assert Path(argv[0]).name in {"gunicorn", "celery"}
         if (Path(PYTHON).parent / Path(argv[0]).name).exists():
             assert argv[0] == str(Path(PYTHON).parent / Path(argv[0]).name)
     args = {name: shlex.join(argv[1:]) for name, argv in commands.items()}
@@ -100,12 +115,17 @@ def test_stack_commands_follow_settings(tmp_path: Path) -> None:
         " --timeout 120 --config python:api.gunicorn_config api.wsgi:app",
         "worker": "-A worker.main worker --loglevel INFO --concurrency 4"
         " --queues q-test,q-test.housekeeping",
-        "beat": "-A worker.main beat --loglevel INFO"
-        f" --schedule {base.data_dir}/celerybeat-schedule",
-        "flower": "-A worker.main flower --port=5555",
+        "beat": "-A worker.main beat --loglevel INFO",
+        "flower": "-u PROMETHEUS_MULTIPROC_DIR celery -A worker.main flower --address=0.0.0.0"
+        " --port=5555 --basic-auth=a:b,c:d",
     }
-    with_auth = supervisor.stack_commands(settings(tmp_path, flower_basic_auth="a:b,c:d"))
-    assert with_auth["flower"][-1] == "--basic-auth=a:b,c:d"
+    local = supervisor.stack_commands(supervisor.with_local_bind(base))
+    assert local["web"][2] == "127.0.0.1:8123" and "--address=127.0.0.1" in local["flower"]
+
+
+def test_the_procfile_needs_flower_basic_auth(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="flower needs FLOWER_BASIC_AUTH"):
+        supervisor.stack_commands(settings(tmp_path))
 
 
 def test_executables_come_from_the_venv_then_from_path() -> None:
@@ -122,22 +142,23 @@ def test_executables_come_from_the_venv_then_from_path() -> None:
 
 
 def test_the_stack_starts_with_an_empty_metrics_directory_flower_outside_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     show = "import os; print('dir', os.environ.get('PROMETHEUS_MULTIPROC_DIR'), flush=True)"
-    monkeypatch.setattr(
-        supervisor,
-        "PROCESSES",
+    # As the project's Procfile starts Flower: without the multiprocess directory.
+    unset = ["env", "-u", "PROMETHEUS_MULTIPROC_DIR"]
+    stack = procfile(
+        tmp_path,
         {
             "worker": [PYTHON, "-c", show + "; import time; time.sleep(60)"],
-            "flower": [PYTHON, "-c", show + "; import time; time.sleep(1.5)"],
+            "flower": [*unset, PYTHON, "-c", show + "; import time; time.sleep(1.5)"],
         },
     )
     base = supervisor.with_metrics_dir(settings(tmp_path))
     assert base.metrics_dir is not None
     base.metrics_dir.mkdir(parents=True)
     (base.metrics_dir / "counter_12345.db").write_bytes(b"stale")
-    assert supervisor.run_stack(base) == 1  # flower quit on its own
+    assert supervisor.run_stack(base, stack) == 1  # flower quit on its own
     output = capsys.readouterr().out
     assert re.search(rf"^worker\s+\| dir {re.escape(str(base.metrics_dir))}$", output, re.M)
     assert re.search(r"^flower\s+\| dir None$", output, re.M), output
@@ -171,15 +192,13 @@ def test_timebatch_run_refuses_to_start_flower_open_in_production(tmp_path: Path
     assert "FLOWER_BASIC_AUTH is not set" in result.output
 
 
-def test_metrics_directory_defaults_into_the_data_dir_and_skips_flower(tmp_path: Path) -> None:
+def test_metrics_directory_defaults_into_the_data_dir(tmp_path: Path) -> None:
     base = supervisor.with_metrics_dir(settings(tmp_path))
     assert base.metrics_dir == tmp_path / "data" / "metrics"
     chosen = settings(tmp_path, metrics_dir=tmp_path / "elsewhere")
     assert supervisor.with_metrics_dir(chosen).metrics_dir == tmp_path / "elsewhere"
     env = base.as_env()
     assert env["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path / "data" / "metrics")
-    assert "PROMETHEUS_MULTIPROC_DIR" in supervisor.child_env("worker", env)
-    assert "PROMETHEUS_MULTIPROC_DIR" not in supervisor.child_env("flower", env)
 
 
 # -------------------------------------------------------------------------------- running
@@ -190,7 +209,6 @@ import json, sys
 from pathlib import Path
 from shared.devstack import supervisor
 from shared.settings import Settings
-supervisor.PROCESSES = json.loads(sys.argv[1])
 supervisor.STOP_TIMEOUT = float(sys.argv[2])
 settings = Settings(
     database_url="postgresql+psycopg://nobody@/nothing",
@@ -198,7 +216,7 @@ settings = Settings(
     data_dir=Path(sys.argv[3]),
     queue="q-test",
 )
-sys.exit(supervisor.run_stack(settings))
+sys.exit(supervisor.run_stack(settings, Path(sys.argv[1])))
 """
 
 
@@ -214,7 +232,7 @@ def test_sigterm_leaves_no_child_or_grandchild(tmp_path: Path) -> None:
         "stubborn": [PYTHON, "-c", STUBBORN],
     }
     runner = subprocess.Popen(
-        [PYTHON, "-c", RUNNER, json.dumps(processes), "2", str(tmp_path / "data")],
+        [PYTHON, "-c", RUNNER, str(procfile(tmp_path, processes)), "2", str(tmp_path / "data")],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -254,9 +272,8 @@ def test_sigterm_leaves_no_child_or_grandchild(tmp_path: Path) -> None:
 def test_a_child_exiting_on_its_own_stops_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(
-        supervisor,
-        "PROCESSES",
+    stack = procfile(
+        tmp_path,
         {
             "sleeper": [PYTHON, "-c", SLEEPER],
             "spawner": [PYTHON, "-c", SPAWNER],
@@ -265,7 +282,7 @@ def test_a_child_exiting_on_its_own_stops_the_rest(
     )
     handler = signal.getsignal(signal.SIGTERM)
     started = time.monotonic()
-    assert supervisor.run_stack(settings(tmp_path)) == 3
+    assert supervisor.run_stack(settings(tmp_path), stack) == 3
     assert time.monotonic() - started < 10
     assert signal.getsignal(signal.SIGTERM) is handler
     output = capsys.readouterr().out.splitlines()
@@ -280,12 +297,10 @@ def test_a_child_killed_by_a_signal_gives_128_plus_its_number(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     suicide = "import os, signal, time; time.sleep(0.5); os.kill(os.getpid(), signal.SIGKILL)"
-    monkeypatch.setattr(
-        supervisor,
-        "PROCESSES",
-        {"sleeper": [PYTHON, "-c", SLEEPER], "victim": [PYTHON, "-c", suicide]},
+    stack = procfile(
+        tmp_path, {"sleeper": [PYTHON, "-c", SLEEPER], "victim": [PYTHON, "-c", suicide]}
     )
-    assert supervisor.run_stack(settings(tmp_path)) == 128 + signal.SIGKILL
+    assert supervisor.run_stack(settings(tmp_path), stack) == 128 + signal.SIGKILL
 
 
 def test_a_signal_without_a_name_is_reported_by_number(
@@ -293,8 +308,8 @@ def test_a_signal_without_a_name_is_reported_by_number(
 ) -> None:
     number = signal.SIGRTMIN + 6  # real-time signals have no name of their own
     suicide = f"import os, time; time.sleep(0.5); os.kill(os.getpid(), {number})"
-    monkeypatch.setattr(supervisor, "PROCESSES", {"victim": [PYTHON, "-c", suicide]})
-    assert supervisor.run_stack(settings(tmp_path)) == 128 + number
+    stack = procfile(tmp_path, {"victim": [PYTHON, "-c", suicide]})
+    assert supervisor.run_stack(settings(tmp_path), stack) == 128 + number
     assert f"victim exited on its own (signal {number})" in capsys.readouterr().out
 
 
@@ -302,7 +317,7 @@ def test_output_to_a_terminal_is_coloured_by_process(tmp_path: Path) -> None:
     processes = {"first": [PYTHON, "-c", "print('one')"], "second": [PYTHON, "-c", SLEEPER]}
     controller, terminal = pty.openpty()
     runner = subprocess.Popen(
-        [PYTHON, "-c", RUNNER, json.dumps(processes), "2", str(tmp_path / "data")],
+        [PYTHON, "-c", RUNNER, str(procfile(tmp_path, processes)), "2", str(tmp_path / "data")],
         cwd=ROOT,
         stdout=terminal,
         stderr=subprocess.STDOUT,
@@ -328,12 +343,10 @@ def test_output_to_a_terminal_is_coloured_by_process(tmp_path: Path) -> None:
 def test_an_executable_that_cannot_start_stops_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(
-        supervisor,
-        "PROCESSES",
-        {"sleeper": [PYTHON, "-c", SLEEPER], "ghost": [str(tmp_path / "no-such-program")]},
+    stack = procfile(
+        tmp_path, {"sleeper": [PYTHON, "-c", SLEEPER], "ghost": [str(tmp_path / "no-such-program")]}
     )
-    assert supervisor.run_stack(settings(tmp_path)) == 127
+    assert supervisor.run_stack(settings(tmp_path), stack) == 127
     output = capsys.readouterr().out
     assert "cannot start ghost" in output
     assert "sleeper stopped" in output

@@ -175,15 +175,26 @@ def _fail(answer: Answer, what: str) -> NoReturn:
     raise SystemExit(1)
 
 
+class _ProgressBar:
+    """The job's progress on stderr; a job that does not succeed says so on the bar's last
+    frame, where the eye is, not only in the message after it."""
+
+    def __init__(self, bar: tqdm[Any], operation: str) -> None:
+        self.bar = bar
+        self.operation = operation
+
+    def __call__(self, processed: int, total: int) -> None:
+        self.bar.total = total
+        self.bar.update(processed - self.bar.n)
+
+    def end(self, how: str) -> None:
+        self.bar.set_description(f"{self.operation} {how}")
+
+
 @contextmanager
-def _progress_bar(operation: str, total: int) -> Iterator[Progress]:
+def _progress_bar(operation: str, total: int) -> Iterator[_ProgressBar]:
     with tqdm(total=total, desc=operation, unit=" entries", file=sys.stderr) as bar:
-
-        def update(processed: int, new_total: int) -> None:
-            bar.total = new_total
-            bar.update(processed - bar.n)
-
-        yield update
+        yield _ProgressBar(bar, operation)
 
 
 def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -251,6 +262,8 @@ def submit(
         if outcome.ok:
             # A succeeded job has processed everything, whatever its last poll showed.
             progress(total, total)
+        else:
+            progress.end("canceled" if outcome.canceled else "failed")
     elapsed = time.monotonic() - started
     if outcome.canceled:
         click.echo(f"job {job_id} was canceled; nothing was applied", err=True)

@@ -236,7 +236,8 @@ def test_a_failed_job_prints_its_pointers_and_writes_nothing(
     ]
     failed = re.search(r"job ([0-9a-f-]{36}) failed: HTTP 404", result.stderr)
     assert failed, result.stderr
-    assert "100%" not in progress_frames(result.stderr)[-1]
+    last = progress_frames(result.stderr)[-1]
+    assert last.startswith("create failed:") and "100%" not in last, last
     assert count(e2e_db) == before
 
     shown = cli("jobs", "show", failed[1], "--url", server, env=credentials)

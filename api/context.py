@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import current_app, g
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import Settings
 from shared.store.notify import FinishListener
+
+logger = logging.getLogger(__name__)
 
 # Sends a committed job's id, at its rank's priority, to the workers.
 Publisher = Callable[[str, int], None]
@@ -40,5 +44,12 @@ def db() -> Session:
 
 def close_db(_exc: BaseException | None = None) -> None:
     session: Session | None = g.pop("db", None)
-    if session is not None:
+    if session is None:
+        return
+    try:
         session.close()
+    except DBAPIError:
+        # The connection died under the request (the database restarted): the answer is
+        # already made, and an error raised here would make gunicorn send its own HTML 500.
+        # The pool drops the dead connection.
+        logger.warning("closing the request's session failed; its connection is dropped")

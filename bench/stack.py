@@ -231,7 +231,7 @@ def open_stack(
     tokens = prepare_database(engine, people)
 
     env = child_env(settings)
-    commands = stack_commands(settings)
+    commands = stack_commands(settings, names=("web", "worker"))
     worker_argv = [*commands["worker"], "--hostname", f"bench-{os.getpid()}@%h"]
     web_argv = control_socket(commands["web"], workdir / "web.ctl")
     web = start_child("web", web_argv, env, logs)

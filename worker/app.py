@@ -12,6 +12,7 @@ import celery.worker.consumer
 from celery import Celery, Task, bootsteps
 from celery.utils.log import get_task_logger
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from shared.jobs.faults import Fault, classify, fingerprint
 from shared.jobs.queue import (
@@ -120,9 +121,11 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
         except Exception as exc:
             fault = classify(exc)
             if fault is Fault.SHUTDOWN:
-                # The run was cut: the job stays unfinished, redelivered or swept.
+                # The run was cut: the job stays unfinished, redelivered or swept. Leave as
+                # the signal meant, even when a cleanup turned its SystemExit into another
+                # error: a process that lived on would take every later error for this one.
                 logger.warning("job %s interrupted by a shutdown", job_id)
-                raise
+                raise SystemExit(1) from exc
             countdown = min(2**self.request.retries, 30)
             if fault is Fault.TRANSIENT:
                 logger.warning("job %s hit a transient database error; retrying", job_id)
@@ -146,7 +149,16 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     def sweep_jobs() -> int:
         return recover_jobs(holder.engine, settings, app)
 
-    @app.task(name=RECOVER_AFTER_OUTAGE, acks_late=False, shared=False)  # type: ignore[untyped-decorator]
+    # The database may be coming back with the broker: try again, the outage's start kept.
+    @app.task(
+        name=RECOVER_AFTER_OUTAGE,
+        acks_late=False,
+        shared=False,
+        autoretry_for=(OperationalError,),
+        retry_backoff=1,
+        retry_backoff_max=30,
+        max_retries=20,
+    )  # type: ignore[untyped-decorator]
     def recover_outage(lost_at: str) -> int:
         return recover_after_outage(
             holder.engine, settings, app, dt.datetime.fromisoformat(lost_at)

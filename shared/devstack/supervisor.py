@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Collection
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,14 +69,16 @@ def find_procfile() -> Path:
     )
 
 
-def stack_commands(settings: Settings, procfile: Path | None = None) -> dict[str, list[str]]:
-    """The argv of every long-running process of the Procfile, its variables expanded with
-    :func:`stack_env`, executables resolved (see :func:`executable`)."""
+def stack_commands(
+    settings: Settings, procfile: Path | None = None, names: Collection[str] | None = None
+) -> dict[str, list[str]]:
+    """The argv of the long-running processes of the Procfile (those `names`, or all), its
+    variables expanded with :func:`stack_env`, executables resolved (see :func:`executable`)."""
     env = stack_env(settings)
     commands: dict[str, list[str]] = {}
     text = (procfile or find_procfile()).read_text()
     for name, command in parse_procfile(text).processes.items():
-        if name == RELEASE:
+        if name == RELEASE or (names is not None and name not in names):
             continue
         try:
             argv = shlex.split(expand(command, environ=env))

@@ -123,23 +123,24 @@ def queue_depth(app: Celery, queue: str) -> int:
 
 
 def job_ids_in_broker(app: Celery, queue: str) -> set[str] | None:
-    """The ids of the jobs whose messages the broker holds for the queue, waiting or taken
-    by a worker and not yet acknowledged; None where the broker cannot list them without
-    consuming them (RabbitMQ)."""
+    """The ids of the jobs whose messages wait in the queue; None where the broker cannot
+    list them without consuming them (RabbitMQ).
+
+    Messages a worker has taken and not acknowledged do not count: a job still queued while
+    its message is taken was taken by a worker that died before it could start the job (or
+    holds a retry's countdown, which a copy then overtakes, harmlessly). Redis would give
+    such a message back only after its visibility timeout, an hour with the defaults.
+    """
     if is_amqp(app.conf.broker_url):
         return None
     with app.connection_for_read() as connection:
         connection.ensure_connection(max_retries=1, timeout=2)
         channel = connection.default_channel
-        client = channel.client
-        with client.pipeline(transaction=False) as pipe:
+        with channel.client.pipeline(transaction=False) as pipe:
             for priority in channel.priority_steps:
                 pipe.lrange(channel._q_for_pri(queue, priority), 0, -1)
-            # Taken but not acknowledged, every queue's: a running job, or a retry waiting
-            # out its countdown in a worker's memory.
-            pipe.hvals(channel.unacked_key)
-            *waiting, taken = pipe.execute()
-    messages = [orjson.loads(raw) for level in waiting for raw in level]
-    messages += [orjson.loads(raw)[0] for raw in taken]
+            waiting = pipe.execute()
     # Celery's message protocol 2 carries the task id, which is the job id, in its headers.
-    return {str(message.get("headers", {}).get("id")) for message in messages}
+    return {
+        str(orjson.loads(raw).get("headers", {}).get("id")) for level in waiting for raw in level
+    }

@@ -15,6 +15,7 @@ creates a file, and nothing happens at import time.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -116,9 +117,19 @@ class Metrics:
         )
 
 
+_made = threading.Lock()
+
+
 @cache
-def metrics() -> Metrics:
+def _metrics() -> Metrics:
     return Metrics(LOCAL)
+
+
+def metrics() -> Metrics:
+    # functools.cache lets two threads build at once (a gthread web worker's first requests),
+    # and the second registration of the same series raises.
+    with _made:
+        return _metrics()
 
 
 def request_finished(method: str, route: str, status: int, seconds: float) -> None:

@@ -289,7 +289,7 @@ def free_port() -> int:
 def web(own_settings: Settings, e2e_db: Engine) -> Iterator[str]:
     """The real web tier: gunicorn with the command of `timebatch run`."""
     settings = dataclasses.replace(own_settings, port=free_port())
-    argv = stack_commands(settings)["web"]
+    argv = stack_commands(settings, names=("web",))["web"]
     if int(version("gunicorn").split(".")[0]) >= 27:
         argv = [*argv[:-1], "--control-socket", str(settings.data_dir / "web.ctl"), argv[-1]]
     log = settings.data_dir / "web.log"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import gzip
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from typing import Any
 from zoneinfo import ZoneInfoNotFoundError
 
 import orjson
+import psycopg
 import pytest
 from celery import Task, signals
 from celery.exceptions import Retry
@@ -368,3 +370,60 @@ def test_a_worker_retries_through_the_broker_after_the_countdown(
     job = job_row(e2e_db, job_id)
     assert (job.status, job.attempts, job.result_status) == ("succeeded", 1, 201)
     assert entry_count(e2e_db) == before + 3
+
+
+def test_a_shutdown_cutting_the_run_leaves_the_job_to_run_again_and_the_process_leaving(
+    process_job: Task[[str], str], e2e_db: Engine, retries: list[Retry]
+) -> None:
+    """What billiard does to a task cancelled on a broker connection loss: SystemExit,
+    raised by its signal handler wherever the run is (here: waiting on a row lock)."""
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(1)
+
+    job_id = queued(e2e_db, [create_resource()])
+    with e2e_db.connect() as holder:
+        hold_row(holder, job_id)
+        previous = signal.signal(signal.SIGALRM, leave)
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        try:
+            # The process must go, as the signal meant, whatever the cleanup raised.
+            with pytest.raises(SystemExit):
+                process_job.apply(args=[job_id])
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            holder.rollback()
+    assert retries == []
+    job = job_row(e2e_db, job_id)
+    assert job.status in ("queued", "running")
+    assert (job.result_status, job.error_streak, job.last_error) == (None, 0, None)
+
+
+def test_a_shutdown_that_a_cleanup_turned_into_another_error_still_ends_the_process(
+    process_job: Task[[str], str],
+    e2e_db: Engine,
+    retries: list[Retry],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where the signal lands mid-query, rolling back on the cut connection raises an error
+    of its own with the SystemExit only as its context (seen under a broker restart). Were
+    the process to live on, billiard's flag would make it take every later error for a
+    shutdown."""
+
+    def cut_mid_query(*args: Any, **kwargs: Any) -> None:
+        try:
+            raise SystemExit(1)
+        except SystemExit:
+            raise psycopg.ProgrammingError(
+                "can't change 'autocommit' now: connection in transaction status ACTIVE"
+            ) from None
+
+    job_id = queued(e2e_db, [create_resource()])
+    monkeypatch.setattr(worker.app, "run_job", cut_mid_query)
+    with pytest.raises(SystemExit) as left:
+        process_job.apply(args=[job_id])
+    assert isinstance(left.value.__cause__, psycopg.ProgrammingError)
+    assert retries == []
+    job = job_row(e2e_db, job_id)
+    assert (job.status, job.result_status, job.error_streak) == ("queued", None, 0)

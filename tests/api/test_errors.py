@@ -2,10 +2,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask
+from flask import Flask, g
 from flask.testing import FlaskClient
+from sqlalchemy import Engine, text
 
+from api.context import close_db
 from api.limits import MAX_HEADER_FIELD, MAX_REQUEST_TARGET
+from shared.store.engine import make_session_factory
 
 JSONAPI = "application/vnd.api+json; charset=utf-8"
 
@@ -79,3 +82,19 @@ def test_an_over_long_request_line_or_header_is_a_jsonapi_error(
     # Just inside the limits, the request is the app's to judge.
     fits = client.get("/api/v2/time_entries?sort=" + "x" * 100, headers=headers)
     assert fits.status_code == 400
+
+
+def test_a_request_whose_connection_died_still_gets_the_apps_answer(
+    app: Flask, engine: Engine
+) -> None:
+    """Closing the session of a request whose database connection was cut (a restart) must
+    not raise: gunicorn would answer its own HTML 500 in place of the app's answer."""
+    sessions = make_session_factory(engine)
+    with app.app_context():
+        session = sessions()
+        g.db = session
+        pid = session.scalar(text("SELECT pg_backend_pid()"))
+        with engine.connect() as killer:
+            assert killer.scalar(text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": pid})
+        close_db()
+        assert "db" not in g

@@ -4,6 +4,8 @@ what happens. The worker-side metrics are shown moving in tests/e2e/test_operati
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,3 +207,34 @@ def test_gunicorn_drops_the_live_gauges_of_a_worker_that_exited(
         "counter_4242.db",  # what it counted still counts
         "gauge_livesum_4343.db",
     ]
+
+
+RACE = """
+import sys, threading
+from shared.ops import metrics
+sys.setswitchinterval(1e-6)  # threads switch as often as they can: the race shows at once
+start = threading.Barrier(8)
+failed = []
+def first_request():
+    start.wait()
+    try:
+        metrics.metrics()
+    except Exception as exc:
+        failed.append(exc)
+threads = [threading.Thread(target=first_request) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(len(failed))
+"""
+
+
+def test_concurrent_first_requests_build_the_metrics_once() -> None:
+    # A gthread web worker's first requests arrive together; each fresh process races anew.
+    for _ in range(6):
+        done = subprocess.run(
+            [sys.executable, "-c", RACE], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "0"

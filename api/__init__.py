@@ -6,6 +6,7 @@ import logging
 
 from flask import Blueprint, Flask
 from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.routing import BaseConverter
 
 from api.auth import authenticate
 from api.context import AppServices, Publisher, close_db
@@ -23,6 +24,13 @@ from shared.store.notify import FinishListener
 logger = logging.getLogger(__name__)
 
 
+class DigitsConverter(BaseConverter):
+    """A resource id in a path: ASCII digits, left a string for parse_id. So `approve` is no
+    entry's id, and /time_entries/approve answers PATCH alone (405 and Allow say so)."""
+
+    regex = "[0-9]+"
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -35,6 +43,7 @@ def create_app(
         metrics.prepare_directory(settings.metrics_dir, clear=False)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.url_map.converters["digits"] = DigitsConverter
     if sessions is None:
         sessions = make_session_factory(make_engine(settings))
     celery = create_celery(settings)

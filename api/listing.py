@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from flask import Response
 from werkzeug.datastructures import MultiDict
 
-from shared.domain.limits import parse_id
+from shared.domain.limits import calendar_date, parse_id
 from shared.jsonapi.errors import CONTENT_TYPE, ApiError, encode
 from shared.store.queries import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, PageRequest, SortKey
 
@@ -38,7 +38,8 @@ def _shown(value: str) -> str:
 
 
 def _values(value: str, parameter: str) -> list[str]:
-    parts = [part.strip() for part in value.split(",")]
+    # Taken as written, spaces included: the OpenAPI document's patterns allow none.
+    parts = value.split(",")
     if any(not part for part in parts):
         raise invalid(parameter, f"{parameter} needs a value, or several separated by commas")
     return parts
@@ -58,12 +59,9 @@ def ids(value: str, parameter: str) -> frozenset[int]:
 
 
 def date(value: str, parameter: str) -> dt.date:
-    # fromisoformat alone would also take "20240828".
-    if len(value) == 10:
-        try:
-            return dt.date.fromisoformat(value)
-        except ValueError:
-            pass
+    found = calendar_date(value)
+    if found is not None:
+        return found
     raise invalid(parameter, f"{parameter} must be a calendar date YYYY-MM-DD, not {_shown(value)}")
 
 
@@ -172,20 +170,23 @@ def list_query(
     return Query(found, sort, PageRequest(number, size), include)
 
 
-def no_query(args: MultiDict[str, str], *, allowed: Collection[str] = ()) -> None:
-    """An endpoint that takes no query parameters but `allowed`: any other is a 400."""
+def no_query(args: MultiDict[str, str]) -> None:
+    """An endpoint that takes no query parameters: any is a 400."""
     for name in args:
-        if name not in allowed:
-            raise _unsupported(name, ())
+        raise _unsupported(name, ())
 
 
-def show_query(args: MultiDict[str, str], *, includes: Sequence[str] = ()) -> frozenset[str]:
-    """A single resource takes `include` only; returns the names to include."""
+def include_query(
+    args: MultiDict[str, str], *, includes: Sequence[str] = (), allowed: Collection[str] = ()
+) -> frozenset[str]:
+    """A single resource or a bulk submission: it takes `include` (some of `includes`) and
+    the `allowed` parameters, no other; returns the names to include."""
     include: frozenset[str] = frozenset()
     for name in args:
-        if name != "include":
+        if name == "include":
+            include = _include(_single(args, name), includes)
+        elif name not in allowed:
             raise _unsupported(name, ())
-        include = _include(_single(args, name), includes)
     return include
 
 

@@ -14,15 +14,25 @@ from typing import Any
 import msgspec
 import orjson
 
+from api.listing import MAX_PAGE_NUMBER
 from api.negotiation import BULK_CONTENT_TYPE, MAX_WAIT
+from api.parsing import FLAG_VALUES
+from api.telemetry import ACCEPTED_ID
 from api.telemetry import HEADER as REQUEST_ID
+from api.views.bulk import IDEMPOTENCY_KEY, MAX_IDEMPOTENCY_KEY
 from shared.domain.documents import DOCUMENTS
-from shared.domain.limits import MAX_MINUTES
+from shared.domain.limits import ID_PATTERN, MAX_MINUTES
 from shared.jsonapi.errors import MEDIA_TYPE
 from shared.jsonapi.render import RELATIONSHIPS
 from shared.store.columns import COST_COLUMNS, REFERENCE_NAMED
 from shared.store.models import JobStatus, Operation
-from shared.store.queries import DEFAULT_PAGE_SIZE, ENTRY_SORTS, ENTRY_STATUSES, MAX_PAGE_SIZE
+from shared.store.queries import (
+    DEFAULT_PAGE_SIZE,
+    ENTRY_SORTS,
+    ENTRY_STATUSES,
+    JOB_SORTS,
+    MAX_PAGE_SIZE,
+)
 
 Schema = dict[str, Any]
 
@@ -84,7 +94,12 @@ def _object(properties: Schema, required: tuple[str, ...] = (), *, closed: bool 
 
 
 TIMESTAMP = _text(format="date-time")
-RESOURCE_ID = _text(pattern="^[1-9][0-9]{0,18}$", examples=["7781"])
+RESOURCE_ID = _text(pattern=f"^{ID_PATTERN}$", examples=["7781"])
+
+
+def _listed(word: str) -> Schema:
+    """One value matching `word`, or several separated by commas."""
+    return _text(pattern=f"^{word}(,{word})*$")
 
 
 # ------------------------------------------------------------------------------- schemas
@@ -221,15 +236,20 @@ def _document(data: Schema, *, included: bool = False, paged: bool = False) -> S
     return _object(properties, tuple(required))
 
 
-def _bulk_documents() -> Schema:
-    """The request bodies, from the structs that decode them."""
+def _bulk_documents(max_batch_size: int | None) -> Schema:
+    """The request bodies, from the structs that decode them, and the batch size a setting
+    limits."""
+    kinds = dict.fromkeys(DOCUMENTS.values())
     _, components = msgspec.json.schema_components(
-        dict.fromkeys(DOCUMENTS.values()), ref_template="#/components/schemas/{name}"
+        kinds, ref_template="#/components/schemas/{name}"
     )
+    if max_batch_size is not None:
+        for kind in kinds:
+            components[kind.__name__]["properties"]["data"]["maxItems"] = max_batch_size
     return components
 
 
-def schemas() -> Schema:
+def schemas(max_batch_size: int | None = None) -> Schema:
     return {
         "Error": _object(
             {
@@ -270,7 +290,7 @@ def schemas() -> Schema:
         "Job": _job(),
         "JobDocument": _document(ref("Job")),
         "JobCollection": _document({"type": "array", "items": ref("Job")}, paged=True),
-        "TimeEntryResult": _document({"type": "array", "items": ref("TimeEntry")}),
+        "TimeEntryResult": _document({"type": "array", "items": ref("TimeEntry")}, included=True),
         "TimeEntryCollection": _document(
             {"type": "array", "items": ref("TimeEntry")}, included=True, paged=True
         ),
@@ -305,7 +325,7 @@ def schemas() -> Schema:
             {"database": {"enum": ["ok", "down"]}, "broker": {"enum": ["ok", "down"]}},
             ("database", "broker"),
         ),
-        **_bulk_documents(),
+        **_bulk_documents(max_batch_size),
     }
 
 
@@ -316,7 +336,7 @@ def parameters() -> Schema:
     def query(name: str, schema: Schema, description: str) -> Schema:
         return {"name": name, "in": "query", "schema": schema, "description": description}
 
-    comma_ids = _text(pattern="^[1-9][0-9]{0,18}(,[1-9][0-9]{0,18})*$")
+    comma_ids = _listed(ID_PATTERN)
     return {
         "JobId": {
             "name": "job_id",
@@ -328,30 +348,37 @@ def parameters() -> Schema:
         "RequestId": {
             "name": REQUEST_ID,
             "in": "header",
-            "schema": _text(pattern="^[A-Za-z0-9._:-]{1,128}$"),
-            "description": "echoed back; one is generated when absent",
+            "schema": _text(),
+            "description": (
+                "echoed back when it is 1 to 128 letters, digits and `._:-`; when absent or"
+                " anything else, replaced by one the app makes up"
+            ),
         },
         "Prefer": {
             "name": "Prefer",
             "in": "header",
-            "schema": _text(pattern="^wait=[0-9]+$"),
+            # RFC 7240: a preference the server does not know is ignored, not refused.
+            "schema": _text(examples=["wait=10"]),
             "description": (
-                f"`wait=N` (RFC 7240, N up to {MAX_WAIT}): wait up to N seconds and answer with"
-                " the job's final result if it finishes by then"
+                f"`wait=N` (RFC 7240, N capped at {MAX_WAIT}): wait up to N seconds and answer"
+                " with the job's final result if it finishes by then; other preferences are"
+                " ignored"
             ),
         },
         "IdempotencyKey": {
             "name": "Idempotency-Key",
             "in": "header",
             "schema": _text(
-                minLength=1, maxLength=255, pattern="^[\\x21-\\x7e]([\\x20-\\x7e]*[\\x21-\\x7e])?$"
+                minLength=1, maxLength=MAX_IDEMPOTENCY_KEY, pattern=f"^{IDEMPOTENCY_KEY.pattern}$"
             ),
             "description": (
                 "the same key with the same body returns the same job (kept at least 24 hours);"
                 " with another body: 422"
             ),
         },
-        "PageNumber": query("page[number]", _integer(minimum=1), "1-based page number"),
+        "PageNumber": query(
+            "page[number]", _integer(minimum=1, maximum=MAX_PAGE_NUMBER), "1-based page number"
+        ),
         "PageSize": query(
             "page[size]",
             _integer(minimum=1, maximum=MAX_PAGE_SIZE),
@@ -366,13 +393,13 @@ def parameters() -> Schema:
         "FilterBefore": query("filter[before]", _text(format="date"), "entries on or before"),
         "FilterEntryStatus": query(
             "filter[status]",
-            _text(pattern=f"^({'|'.join(ENTRY_STATUSES)})(,({'|'.join(ENTRY_STATUSES)}))*$"),
+            _listed(f"({'|'.join(ENTRY_STATUSES)})"),
             f"any of {', '.join(ENTRY_STATUSES)}, separated by commas",
         ),
         "EntrySort": query(
             "sort",
-            {"enum": [f"{sign}{name}" for name in ENTRY_SORTS for sign in ("", "-")]},
-            "default -date",
+            _listed(f"-?({'|'.join(ENTRY_SORTS)})"),
+            "sort keys separated by commas, each descending with a leading -; default -date",
         ),
         "EntryInclude": query(
             "include",
@@ -381,22 +408,20 @@ def parameters() -> Schema:
         ),
         "FilterJobStatus": query(
             "filter[status]",
-            _text(pattern=f"^({'|'.join(JobStatus)})(,({'|'.join(JobStatus)}))*$"),
+            _listed(f"({'|'.join(JobStatus)})"),
             "job statuses, separated by commas",
         ),
         "JobSort": query(
-            "sort",
-            {"enum": ["created_at", "-created_at"]},
-            "default -created_at (newest first)",
+            "sort", _listed(f"-?({'|'.join(JOB_SORTS)})"), "default -created_at (newest first)"
         ),
         "FilterOperation": query(
             "filter[operation]",
-            _text(pattern=f"^({'|'.join(Operation)})(,({'|'.join(Operation)}))*$"),
+            _listed(f"({'|'.join(Operation)})"),
             "operations, separated by commas",
         ),
         "ForAllApprovers": query(
             "for_all_approvers",
-            {"enum": ["true", "false", "1", "0"]},
+            {"enum": list(FLAG_VALUES)},
             "as the top-level member of the same name",
         ),
     }
@@ -441,7 +466,9 @@ def headers() -> Schema:
         return {"description": description, "required": required, "schema": schema}
 
     return {
-        "RequestId": header("the request's id, as in the logs", _text()),
+        "RequestId": header(
+            "the request's id, as in the logs", _text(pattern=f"^{ACCEPTED_ID.pattern}$")
+        ),
         "Location": header("where to go next", _text()),
         "Content-Location": header("the job this answer is about", _text()),
         # Absent once the job is finished (an idempotent replay of a finished job).
@@ -484,6 +511,8 @@ def _submission(
             "Content-Location",
             "Preference-Applied",
         )
+        # A result with entries can carry what they reference, as a read of them can.
+        query = (*query, "EntryInclude")
     return {
         "tags": ["bulk"],
         "operationId": operation_id,
@@ -669,65 +698,59 @@ def paths() -> Schema:
 
 
 def _outside_api() -> Schema:
-    """Routes without authentication: health, metrics and this document."""
+    """Routes without authentication: health, metrics and this document. They take no query
+    parameter either, and refuse one as the API's routes do."""
+
+    def operation(name: str, summary: str, answers: dict[int, Schema], *errors: int) -> Schema:
+        return {
+            "tags": ["operations"],
+            "operationId": name,
+            "summary": summary,
+            "security": [],
+            "parameters": [ref("RequestId", "parameters")],
+            "responses": _responses(answers, (400, 414, 431, *errors)),
+        }
+
+    def plain(description: str, media_type: str, schema: Schema, *headers: str) -> Schema:
+        return {
+            "description": description,
+            "headers": _headers(*headers),
+            "content": {media_type: {"schema": schema}},
+        }
+
+    health = ref("Health")
     return {
         "/healthz": {
-            "get": {
-                "tags": ["operations"],
-                "operationId": "health",
-                "summary": "Can the app reach the database and the broker?",
-                "security": [],
-                "parameters": [ref("RequestId", "parameters")],
-                "responses": {
-                    status: {
-                        "description": description,
-                        "headers": _headers(*headers),
-                        "content": {"application/json": {"schema": ref("Health")}},
-                    }
-                    for status, description, headers in (
-                        ("200", "All up", ()),
-                        ("503", "Something is down", ("Retry-After",)),
-                    )
+            "get": operation(
+                "health",
+                "Can the app reach the database and the broker?",
+                {
+                    200: plain("All up", "application/json", health),
+                    503: plain("Something is down", "application/json", health, "Retry-After"),
                 },
-            }
+            )
         },
         "/metrics": {
-            "get": {
-                "tags": ["operations"],
-                "operationId": "metrics",
-                "summary": "Prometheus metrics of web and worker processes",
-                "security": [],
-                "parameters": [ref("RequestId", "parameters")],
-                "responses": {
-                    "200": {
-                        "description": "The Prometheus text format 0.0.4",
-                        "headers": _headers(),
-                        "content": {"text/plain": {"schema": _text()}},
-                    }
-                },
-            }
+            "get": operation(
+                "metrics",
+                "Prometheus metrics of web and worker processes",
+                {200: plain("The Prometheus text format 0.0.4", "text/plain", _text())},
+                503,
+            )
         },
         "/api/v2/openapi.json": {
-            "get": {
-                "tags": ["operations"],
-                "operationId": "openapi",
-                "summary": "This document",
-                "security": [],
-                "parameters": [ref("RequestId", "parameters")],
-                "responses": {
-                    "200": {
-                        "description": "OpenAPI 3.1",
-                        "headers": _headers(),
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    }
-                },
-            }
+            "get": operation(
+                "openapi",
+                "This document",
+                {200: plain("OpenAPI 3.1", "application/json", {"type": "object"})},
+            )
         },
     }
 
 
 @cache
-def document() -> Schema:
+def document(max_batch_size: int | None = None) -> Schema:
+    """The document; with the running app's TIMEBATCH_MAX_BATCH_SIZE, the one it serves."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -765,7 +788,7 @@ def document() -> Schema:
                     "description": "the id of the token's organization",
                 },
             },
-            "schemas": schemas(),
+            "schemas": schemas(max_batch_size),
             "parameters": parameters(),
             "headers": headers(),
         },
@@ -773,5 +796,5 @@ def document() -> Schema:
 
 
 @cache
-def document_bytes() -> bytes:
-    return orjson.dumps(document())
+def document_bytes(max_batch_size: int) -> bytes:
+    return orjson.dumps(document(max_batch_size))

@@ -9,14 +9,21 @@ references, so the two checks cannot drift apart.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import orjson
 from msgspec.structs import fields
 
 from shared.domain.documents import DOCUMENTS, WRITABLE, CreateAttributes, CreateRelationships
-from shared.domain.limits import MAX_DATE, MAX_MINUTES, MAX_NOTE, MIN_DATE, parse_id
+from shared.domain.limits import (
+    MAX_DATE,
+    MAX_MINUTES,
+    MAX_NOTE,
+    MIN_DATE,
+    calendar_date,
+    parse_id,
+    whole,
+)
 from shared.jsonapi.errors import ApiError, Problem
 from shared.store.columns import ATTRIBUTES, REFERENCE_NAMED
 from shared.store.models import Operation
@@ -67,12 +74,7 @@ def _attributes(attributes: Any, base: str, item: dict[str, Any], problems: list
                 Problem(400, "Read-only attribute", f"{name} is computed and cannot be set", where)
             )
         elif name == "date":
-            parsed = None
-            if isinstance(value, str) and len(value) == 10:
-                try:
-                    parsed = dt.date.fromisoformat(value)
-                except ValueError:
-                    parsed = None
+            parsed = calendar_date(value)
             if parsed is None or not MIN_DATE <= parsed <= MAX_DATE:
                 problems.append(
                     Problem(
@@ -86,8 +88,9 @@ def _attributes(attributes: Any, base: str, item: dict[str, Any], problems: list
             else:
                 item["date"] = value
         elif name == "time":
-            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_MINUTES:
-                item["time"] = value
+            minutes = whole(value)
+            if minutes is not None and 0 <= minutes <= MAX_MINUTES:
+                item["time"] = minutes
             else:
                 problems.append(
                     Problem(
@@ -304,11 +307,15 @@ def _require_for_create(
             )
 
 
+# The query parameter's spellings, exactly as the OpenAPI document lists them.
+FLAG_VALUES = {"true": True, "false": False, "1": True, "0": False}
+
+
 def parse_flag(value: Any, where: str, *, parameter: bool = False) -> bool:
     if isinstance(value, bool):
         return value
-    if parameter and isinstance(value, str) and value.lower() in {"true", "false", "1", "0"}:
-        return value.lower() in {"true", "1"}
+    if parameter and value in FLAG_VALUES:
+        return FLAG_VALUES[value]
     detail = "for_all_approvers must be true or false"
     if parameter:
         raise ApiError.one(400, "Invalid parameter", detail, parameter=where)

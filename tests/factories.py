@@ -117,13 +117,20 @@ def queue_job(
     operation: str,
     data: list[dict[str, Any]],
     *,
+    options: dict[str, Any] | None = None,
     queued_for: dt.timedelta | None = None,
 ) -> Job:
     """A queued job of this bulk document's data, stored the way the API stores one;
     `queued_for` makes it as old as that (a job the sweeper should find stuck)."""
     body = orjson.dumps({"data": data})
     job, _ = submit_job(
-        session, principal, Operation(operation), body, {}, total=len(data), settings=DEFAULTS
+        session,
+        principal,
+        Operation(operation),
+        body,
+        options or {},
+        total=len(data),
+        settings=DEFAULTS,
     )
     if queued_for is not None:
         job.created_at -= queued_for

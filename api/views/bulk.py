@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -9,7 +10,7 @@ from msgspec import UNSET
 
 from api.auth import principal
 from api.context import db, services
-from api.listing import no_query
+from api.listing import include_query
 from api.negotiation import require_acceptable, require_bulk_content_type
 from api.parsing import check_bulk, load_json, parse_flag
 from api.views.jobs import answer_for
@@ -17,11 +18,15 @@ from shared.domain import documents
 from shared.jobs.submit import submit_job
 from shared.jsonapi.errors import ApiError
 from shared.store.models import Operation
+from shared.store.queries import ENTRY_INCLUDES
 
 blueprint = Blueprint("bulk", __name__)
 
 MAX_IDEMPOTENCY_KEY = 255
-# The spec's one query parameter of a bulk request; any other is refused, not ignored.
+# Visible ASCII, with spaces inside only: what the OpenAPI document declares.
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?")
+# The spec's one query parameter of a bulk request. Besides it, `include` where the result
+# has entries (as on reads); any other is refused, not ignored.
 APPROVE_PARAMETERS = ("for_all_approvers",)
 
 
@@ -47,11 +52,19 @@ def _checked(operation: Operation, body: bytes, max_batch: int) -> Any:
 def _submit(operation: Operation) -> Response:
     require_acceptable(request)
     require_bulk_content_type(request)
-    no_query(request.args, allowed=APPROVE_PARAMETERS if operation == Operation.APPROVE else ())
+    include = include_query(
+        request.args,
+        # A delete answers 204, without a body to include anything in.
+        includes=() if operation == Operation.DELETE else ENTRY_INCLUDES,
+        allowed=APPROVE_PARAMETERS if operation == Operation.APPROVE else (),
+    )
     settings = services().settings
     body = request.get_data(cache=False)
     document = _checked(operation, body, settings.max_batch_size)
     options: dict[str, Any] = {}
+    if include:
+        # In one order: the options are part of what makes two submissions the same request.
+        options["include"] = [name for name in ENTRY_INCLUDES if name in include]
     if operation == Operation.APPROVE:
         flag = False
         if "for_all_approvers" in request.args:
@@ -62,14 +75,13 @@ def _submit(operation: Operation) -> Response:
             flag = document.for_all_approvers
         options["for_all_approvers"] = flag
     key = request.headers.get("Idempotency-Key")
-    if key is not None:
-        key = key.strip()
-        if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable():
-            raise ApiError.one(
-                400,
-                "Invalid header",
-                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable characters",
-            )
+    if key is not None and (len(key) > MAX_IDEMPOTENCY_KEY or not IDEMPOTENCY_KEY.fullmatch(key)):
+        raise ApiError.one(
+            400,
+            "Invalid header",
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+            " (spaces inside allowed)",
+        )
     session = db()
     job, created = submit_job(
         session,

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import orjson
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 from sqlalchemy import text
 
 from api.context import db, services
 from api.errors import UNAVAILABLE_RETRY_AFTER
+from api.listing import no_query
 
 blueprint = Blueprint("health", __name__)
 
 
 @blueprint.get("/healthz")
 def healthz() -> Response:
+    no_query(request.args)
     report: dict[str, str] = {}
     try:
         db().execute(text("SELECT 1"))

@@ -18,7 +18,7 @@ from shared.domain.context import BatchContext, Progress, lock_entries
 from shared.domain.documents import Item
 from shared.domain.problems import not_found, pointer
 from shared.jsonapi.errors import ApiError, Problem
-from shared.store.columns import COLUMNS
+from shared.store.columns import READ_COLUMNS
 from shared.store.models import ApprovalStatus, Person, Service
 
 _APPROVE_SQL = text(
@@ -31,7 +31,7 @@ _UNAPPROVE_SQL = text(
     " updated_at = :now, updater_id = :actor_id, last_actor_id = :actor_id"
     " WHERE t.id = ANY(:ids)"
 )
-_SELECT_SQL = text("SELECT " + ", ".join(COLUMNS) + " FROM time_entries WHERE id = ANY(:ids)")
+_SELECT_SQL = text("SELECT " + ", ".join(READ_COLUMNS) + " FROM time_entries WHERE id = ANY(:ids)")
 
 
 def required_approvers(

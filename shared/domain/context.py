@@ -7,7 +7,7 @@ indistinguishable from a missing one.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, TypeVar
@@ -16,9 +16,9 @@ from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from shared.domain.costs import CurrencyBook
-from shared.jsonapi.render import EntryRenderer
+from shared.jsonapi.render import EntryRenderer, Related
 from shared.store.models import ExchangeRate, Organization, Person, Service, Task, TimeEntry
-from shared.store.queries import ENTRY_COLUMNS
+from shared.store.queries import ENTRY_COLUMNS, referenced
 
 # Told how many items of the batch are written so far.
 Progress = Callable[[int], None]
@@ -36,8 +36,12 @@ class BatchContext:
     def organization_id(self) -> int:
         return self.organization.id
 
-    def renderer(self) -> EntryRenderer:
-        return EntryRenderer(self.organization.id, self.organization.time_zone)
+    def related(self, session: Session, rows: Sequence[Mapping[Any, Any]]) -> Related:
+        """What these entries reference among what the submission asked to include."""
+        return referenced(session, self.organization_id, rows, self.options.get("include", ()))
+
+    def renderer(self, related: Related | None = None) -> EntryRenderer:
+        return EntryRenderer(self.organization.id, self.organization.time_zone, related)
 
 
 def load_context(

@@ -16,7 +16,15 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from shared.domain.limits import MAX_DATE, MAX_ID, MAX_MINUTES, MAX_NOTE, MIN_DATE
+from shared.domain.limits import (
+    DATE_PATTERN,
+    ID_PATTERN,
+    MAX_DATE,
+    MAX_ID,
+    MAX_MINUTES,
+    MAX_NOTE,
+    MIN_DATE,
+)
 from shared.store.columns import REFERENCES
 from shared.store.models import Operation
 
@@ -24,13 +32,24 @@ from shared.store.models import Operation
 # (person_id, service_id, task_id), an id where the operation names entries.
 Item = Mapping[str, Any]
 
+# A whole number may come as 7 or 7.0 (limits.whole); the items hold ints.
 Id = (
     Annotated[int, Meta(gt=0, le=MAX_ID)]
-    | Annotated[str, Meta(pattern=r"^(?=[0-9]{1,19}$)0*[1-9][0-9]*$")]
+    | Annotated[float, Meta(gt=0, lt=MAX_ID + 1, multiple_of=1)]
+    | Annotated[str, Meta(pattern=f"^{ID_PATTERN}$")]
 )
-Minutes = Annotated[int, Meta(ge=0, le=MAX_MINUTES, description="minutes")]
-# msgspec checks the calendar date; decode() checks the range.
-Date = Annotated[dt.date, Meta(description=f"YYYY-MM-DD, {MIN_DATE.year} to {MAX_DATE.year}")]
+Minutes = (
+    Annotated[int, Meta(ge=0, le=MAX_MINUTES, description="minutes")]
+    | Annotated[float, Meta(ge=0, le=MAX_MINUTES, multiple_of=1, description="minutes")]
+)
+# msgspec checks the calendar date; decode() checks the range, which the pattern declares.
+Date = Annotated[
+    dt.date,
+    Meta(
+        description=f"YYYY-MM-DD, {MIN_DATE.year} to {MAX_DATE.year}",
+        extra_json_schema={"pattern": DATE_PATTERN},
+    ),
+]
 # PostgreSQL text cannot hold NUL.
 Note = Annotated[str, Meta(max_length=MAX_NOTE, pattern=r"^[^\x00]*$")]
 Members = dict[str, Any]
@@ -128,12 +147,20 @@ class CreateDocument(_Document, kw_only=True):
     data: Annotated[list[CreateResource], BATCH]
 
 
+# Each entry once (decode() compares the ids as numbers; the schema can say no more than this).
+NAMED_BATCH = Meta(
+    min_length=1,
+    description="at most TIMEBATCH_MAX_BATCH_SIZE resources, each entry once",
+    extra_json_schema={"uniqueItems": True},
+)
+
+
 class UpdateDocument(_Document, kw_only=True):
-    data: Annotated[list[UpdateResource], BATCH]
+    data: Annotated[list[UpdateResource], NAMED_BATCH]
 
 
 class ReferenceDocument(_Document, kw_only=True):
-    data: Annotated[list[EntryReference], BATCH]
+    data: Annotated[list[EntryReference], NAMED_BATCH]
 
 
 class ApproveDocument(ReferenceDocument, kw_only=True):
@@ -156,6 +183,11 @@ WRITABLE = UpdateAttributes.__struct_fields__
 _decoders = {op: msgspec.json.Decoder(kind) for op, kind in DOCUMENTS.items()}
 
 
+def _number(decoded_id: int | float | str) -> int:
+    """The entry an Id names. Leading zeros go first: int() refuses over 4300 digits."""
+    return int(decoded_id.lstrip("0") if isinstance(decoded_id, str) else decoded_id)
+
+
 class NotWellFormed(ValueError):
     """The body is not the common valid shape; the full checker says why."""
 
@@ -172,7 +204,7 @@ def decode(operation: Operation, body: bytes) -> Any:
             if not MIN_DATE <= resource.attributes.date <= MAX_DATE:
                 raise NotWellFormed("date out of range")
     else:
-        ids = {int(resource.id) for resource in data}
+        ids = {_number(resource.id) for resource in data}
         if len(ids) != len(data):
             raise NotWellFormed("duplicate ids")
         if operation == Operation.UPDATE:
@@ -188,20 +220,24 @@ def decode(operation: Operation, body: bytes) -> Any:
 
 
 def _item(resource: Any, with_id: bool) -> dict[str, Any]:
-    item: dict[str, Any] = {"id": int(resource.id)} if with_id else {}
+    item: dict[str, Any] = {"id": _number(resource.id)} if with_id else {}
     attributes = getattr(resource, "attributes", UNSET)
     if attributes is not UNSET:
         for name in WRITABLE:
             value = getattr(attributes, name)
             if value is not UNSET:
-                item[name] = value.isoformat() if name == "date" else value
+                if name == "date":
+                    value = value.isoformat()
+                elif name == "time":
+                    value = int(value)
+                item[name] = value
     relationships = getattr(resource, "relationships", UNSET)
     if relationships is not UNSET:
         for reference in REFERENCES:
             relationship = getattr(relationships, reference.name)
             if relationship is not UNSET:
                 data = relationship.data
-                item[reference.column] = None if data is None else int(data.id)
+                item[reference.column] = None if data is None else _number(data.id)
     return item
 
 

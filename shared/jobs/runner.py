@@ -195,7 +195,9 @@ def _run_locked(engine: Engine, job_id: uuid.UUID, max_runs: int, heartbeat: Hea
             _finish(session, job, JobStatus.FAILED, exc.status, stored(exc), len(exc.problems))
             return Outcome.FAILED
         savepoint.commit()
-        body = None if rows is None else ctx.renderer().encode_collection(rows)
+        body = None
+        if rows is not None:
+            body = ctx.renderer(ctx.related(session, rows)).encode_collection(rows)
         _finish(session, job, JobStatus.SUCCEEDED, success_status, body, 0)
         return Outcome.SUCCEEDED
 

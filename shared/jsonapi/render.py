@@ -1,17 +1,19 @@
-"""Time entries as JSON:API resources, attribute for attribute as in the spec's examples."""
+"""Time entries as JSON:API resources, attribute for attribute as in the spec's examples, and
+the people, services and tasks that `include` adds to them."""
 
 from __future__ import annotations
 
 import datetime as dt
 import gzip
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
 
-from shared.store.columns import ATTRIBUTES, TIMESTAMPS
+from shared.store.columns import ATTRIBUTES, REFERENCE_NAMED, TIMESTAMPS
+from shared.store.models import Person, Service, Task
 
 RELATIONSHIPS = (
     "organization",
@@ -30,7 +32,9 @@ RELATIONSHIPS = (
     "approval_statuses",
 )
 
-_NOT_INCLUDED = {"meta": {"included": False}}
+NOT_INCLUDED = {"meta": {"included": False}}
+# Per relationship that `include` names, the resources it links to, by id.
+Related = Mapping[str, Mapping[int, Any]]
 
 
 def format_timestamp(value: dt.datetime, zone: dt.tzinfo) -> str:
@@ -38,15 +42,81 @@ def format_timestamp(value: dt.datetime, zone: dt.tzinfo) -> str:
     return local.isoformat(timespec="milliseconds")
 
 
-class EntryRenderer:
-    """Renders entries of one organization; the zone and relationship blocks are built once."""
+class DirectoryRenderer:
+    """People, services and tasks of one organization as plain JSON:API resources."""
 
     def __init__(self, organization_id: int, time_zone: str) -> None:
         self.zone = ZoneInfo(time_zone)
         self.organization = {"data": {"type": "organizations", "id": str(organization_id)}}
+
+    def _timestamp(self, value: dt.datetime) -> str:
+        return format_timestamp(value, self.zone)
+
+    def resource(self, kind: str, item: Any) -> dict[str, Any]:
+        """`kind` is the name of the relationship that refers to it: person, service, task."""
+        return _DIRECTORY[kind](self, item)
+
+    def person(self, person: Person) -> dict[str, Any]:
+        return {
+            "id": str(person.id),
+            "type": "people",
+            "attributes": {
+                "first_name": person.first_name,
+                "last_name": person.last_name,
+                "email": person.email,
+                "created_at": self._timestamp(person.created_at),
+            },
+            "relationships": {"organization": self.organization, "manager": NOT_INCLUDED},
+        }
+
+    def service(self, service: Service) -> dict[str, Any]:
+        return {
+            "id": str(service.id),
+            "type": "services",
+            "attributes": {
+                "name": service.name,
+                "billable": service.billable,
+                "created_at": self._timestamp(service.created_at),
+            },
+            "relationships": {"organization": self.organization, "approver": NOT_INCLUDED},
+        }
+
+    def task(self, task: Task) -> dict[str, Any]:
+        return {
+            "id": str(task.id),
+            "type": "tasks",
+            "attributes": {
+                "title": task.title,
+                "created_at": self._timestamp(task.created_at),
+            },
+            "relationships": {"organization": self.organization, "service": NOT_INCLUDED},
+        }
+
+
+_DIRECTORY: dict[str, Callable[[DirectoryRenderer, Any], dict[str, Any]]] = {
+    "person": DirectoryRenderer.person,
+    "service": DirectoryRenderer.service,
+    "task": DirectoryRenderer.task,
+}
+
+
+class EntryRenderer:
+    """Renders entries of one organization; the zone and relationship blocks are built once.
+
+    With `related` (what was asked to include), those relationships carry linkage and the
+    resources go under `included`; without it the document has exactly the spec's shape.
+    """
+
+    def __init__(
+        self, organization_id: int, time_zone: str, related: Related | None = None
+    ) -> None:
+        self.zone = ZoneInfo(time_zone)
+        self.organization = {"data": {"type": "organizations", "id": str(organization_id)}}
         self._relationships: dict[str, Any] = {"organization": self.organization}
         for name in RELATIONSHIPS[1:]:
-            self._relationships[name] = _NOT_INCLUDED
+            self._relationships[name] = NOT_INCLUDED
+        self.related = related or {}
+        self._directory = DirectoryRenderer(organization_id, time_zone)
         # A batch shares a handful of timestamps and dates: format each once.
         self._formatted: dict[Any, str] = {}
 
@@ -72,11 +142,39 @@ class EntryRenderer:
             "id": str(row["id"]),
             "type": "time_entries",
             "attributes": attributes,
-            "relationships": self._relationships,
+            "relationships": self._linked(row) if self.related else self._relationships,
         }
 
+    def _linked(self, row: Mapping[Any, Any]) -> dict[str, Any]:
+        # A copy: without include, every resource shares one relationships object.
+        relationships = dict(self._relationships)
+        for name, found in self.related.items():
+            reference = REFERENCE_NAMED[name]
+            related_id = row[reference.column]
+            linkage = None
+            if related_id in found:
+                linkage = {"type": reference.type, "id": str(related_id)}
+            relationships[name] = {"data": linkage}
+        return relationships
+
+    def included(self) -> list[dict[str, Any]] | None:
+        """The `included` member: each related resource once, by kind then id; None when
+        nothing was asked to include."""
+        if not self.related:
+            return None
+        return [
+            self._directory.resource(name, item)
+            for name, found in self.related.items()
+            for _, item in sorted(found.items())
+        ]
+
     def collection(self, rows: Iterable[Mapping[Any, Any]]) -> dict[str, Any]:
-        return {"data": [self.resource(row) for row in rows], "meta": {}}
+        document: dict[str, Any] = {"data": [self.resource(row) for row in rows]}
+        included = self.included()
+        if included is not None:
+            document["included"] = included
+        document["meta"] = {}
+        return document
 
     def encode_collection(self, rows: Sequence[Mapping[Any, Any]]) -> bytes:
         """The collection document, gzip-compressed, rendered and compressed in chunks so a
@@ -87,7 +185,9 @@ class EntryRenderer:
             chunk = [self.resource(row) for row in rows[start : start + RENDER_CHUNK]]
             text = orjson.dumps(chunk)[1:-1]
             parts.append(compressor.compress(b"," + text if start else text))
-        parts.append(compressor.compress(b'],"meta":{}}'))
+        included = self.included()
+        tail = b"" if included is None else b',"included":' + orjson.dumps(included)
+        parts.append(compressor.compress(b"]" + tail + b',"meta":{}}'))
         parts.append(compressor.flush())
         return b"".join(parts)
 

@@ -90,3 +90,5 @@ REFERENCES = (
 )
 REFERENCE_NAMED = {reference.name: reference for reference in REFERENCES}
 REFERENCE_IN = {reference.column: reference for reference in REFERENCES}
+# What a read of entries selects: what renders, and the references that `include` follows.
+READ_COLUMNS = (*COLUMNS, *(reference.column for reference in REFERENCES))

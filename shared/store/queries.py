@@ -8,14 +8,14 @@ Each page costs one COUNT and one SELECT; related resources cost one query per k
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, Row, Select, func, or_, select
 from sqlalchemy.orm import Session, defer
 
-from shared.store.columns import COLUMNS, REFERENCES
+from shared.store.columns import READ_COLUMNS, REFERENCE_NAMED, REFERENCES
 from shared.store.models import Job, Organization, Person, Service, Task, TimeEntry
 
 T = TypeVar("T")
@@ -28,10 +28,11 @@ MAX_PAGE_SIZE = 200
 # A sort key: the name of a sortable field and whether it runs descending.
 SortKey = tuple[str, bool]
 
-# What a read of entries selects: what renders, and the references to include.
-ENTRY_COLUMNS = tuple(
-    getattr(TimeEntry, name) for name in (*COLUMNS, *(r.column for r in REFERENCES))
-)
+ENTRY_COLUMNS = tuple(getattr(TimeEntry, name) for name in READ_COLUMNS)
+# What `include` can name on entries: the relationships to the people, services and tasks
+# they reference, and the model of each.
+ENTRY_INCLUDES = tuple(reference.name for reference in REFERENCES)
+DIRECTORIES: dict[str, Directory] = {"person": Person, "service": Service, "task": Task}
 ENTRY_SORTS = {"date": TimeEntry.date, "updated_at": TimeEntry.updated_at}
 # `approved` and `invoiced` are independent flags; a list of statuses matches any of them.
 ENTRY_STATUSES: dict[str, ColumnElement[bool]] = {
@@ -196,6 +197,26 @@ def directory_by_id(
         return {}
     found = session.scalars(scoped(model, organization_id).where(model.id.in_(wanted)))
     return {row.id: row for row in found}
+
+
+def referenced(
+    session: Session,
+    organization_id: int,
+    rows: Sequence[Mapping[Any, Any]],
+    include: Collection[str],
+) -> dict[str, dict[int, Any]]:
+    """Per name in `include`, in ENTRY_INCLUDES order, the people, services or tasks these
+    entries reference, by id: one query per kind, whatever the number of entries."""
+    return {
+        name: directory_by_id(
+            session,
+            DIRECTORIES[name],
+            organization_id,
+            (row[REFERENCE_NAMED[name].column] for row in rows),
+        )
+        for name in ENTRY_INCLUDES
+        if name in include
+    }
 
 
 def jobs_page(

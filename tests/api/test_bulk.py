@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from typing import Any
 
 import pytest
@@ -53,7 +54,7 @@ def test_accepted_submission_is_a_job(
     assert response.headers["Content-Location"] == location
     assert int(response.headers["Retry-After"]) >= 1
     assert published == [job["id"]]
-    stored = session.get_one(Job, __import__("uuid").UUID(job["id"]))
+    stored = session.get_one(Job, uuid.UUID(job["id"]))
     assert stored.batch is not None
     assert documents.items("create", stored.batch) == [
         {"date": "2026-01-02", "time": 60, "person_id": 7781, "service_id": 1213},
@@ -114,19 +115,54 @@ def test_for_all_approvers_from_body_or_query(
         response = client.patch(path, json=body, headers=headers)
         assert response.status_code == 202
         ids.append(response.json["data"]["id"])
-    options = [session.get_one(Job, __import__("uuid").UUID(i)).options for i in ids]
+    options = [session.get_one(Job, uuid.UUID(i)).options for i in ids]
     assert options == [
         {"for_all_approvers": True},
         {"for_all_approvers": True},
         {"for_all_approvers": False},
     ]
-    bad = client.patch(
-        "/api/v2/time_entries/approve?for_all_approvers=maybe",
-        json={"data": [{"type": "time_entries", "id": 1}]},
-        headers=headers,
+    # The spellings the OpenAPI document lists, exactly.
+    for value in ("maybe", "TRUE", "yes"):
+        bad = client.patch(
+            f"/api/v2/time_entries/approve?for_all_approvers={value}",
+            json={"data": [{"type": "time_entries", "id": 1}]},
+            headers=headers,
+        )
+        assert bad.status_code == 400
+        assert bad.json["errors"][0]["source"] == {"parameter": "for_all_approvers"}
+
+
+def test_whole_numbers_are_taken_in_either_spelling(
+    client: FlaskClient, auth: Any, session: Session
+) -> None:
+    """JSON Schema, the OpenAPI document's language, calls 7781.0 an integer: so does the app,
+    on the fast path and in the full check that reports every problem."""
+    whole = entry(time=60.0) | {
+        "relationships": {
+            "person": {"data": {"type": "people", "id": 7781.0}},
+            "service": {"data": {"type": "services", "id": 1213.0}},
+        }
+    }
+    accepted = post(client, auth(), {"data": [whole]})
+    assert accepted.status_code == 202, accepted.json
+    refused = post(client, auth(), {"data": [whole, entry(time=60.5)]})
+    assert refused.status_code == 422
+    assert [e["source"]["pointer"] for e in refused.json["errors"]] == ["/data/1/attributes/time"]
+
+
+@pytest.mark.parametrize(
+    ("key", "status"),
+    [("batch 42", 202), ("k" * 255, 202), ("k" * 256, 400), ("clé", 400), ("a\tb", 400)],
+)
+def test_idempotency_keys_are_visible_ascii(
+    client: FlaskClient, auth: Any, key: str, status: int
+) -> None:
+    response = client.post(
+        "/api/v2/time_entries",
+        json={"data": [entry()]},
+        headers=auth() | {"Content-Type": BULK, "Idempotency-Key": key},
     )
-    assert bad.status_code == 400
-    assert bad.json["errors"][0]["source"] == {"parameter": "for_all_approvers"}
+    assert response.status_code == status, response.json
 
 
 @pytest.mark.parametrize(
@@ -166,7 +202,7 @@ def test_unicode_notes_are_kept(client: FlaskClient, auth: Any, session: Session
     note = "Zeit \u00fcber \u65f6\u95f4 \U0001f552 \u200f"
     response = post(client, auth(), {"data": [entry(note=note)]})
     assert response.status_code == 202
-    job = session.get_one(Job, __import__("uuid").UUID(response.json["data"]["id"]))
+    job = session.get_one(Job, uuid.UUID(response.json["data"]["id"]))
     assert job.batch is not None and documents.items("create", job.batch)[0]["note"] == note
 
 
@@ -358,3 +394,78 @@ def test_unknown_query_parameters_are_refused_not_ignored(
         assert refused.status_code == 400
         assert refused.json["errors"][0]["source"] == {"parameter": "verbose"}  # type: ignore[index]
     assert client.delete(f"{location}?force=1", headers=headers).status_code == 400
+
+
+def job_options(session: Session, response: Any) -> Any:
+    assert response.status_code == 202, response.json
+    return session.get_one(Job, uuid.UUID(response.json["data"]["id"])).options
+
+
+def test_include_is_stored_with_the_job_in_one_order(
+    client: FlaskClient, auth: Any, session: Session
+) -> None:
+    headers = auth(7783) | {"Content-Type": BULK}
+    ids = {"data": [{"type": "time_entries", "id": "223"}]}
+    for method, path, body, options in (
+        ("POST", "/api/v2/time_entries?include=task,person", {"data": [entry()]}, {"include": ["person", "task"]}),
+        ("PATCH", "/api/v2/time_entries?include=service", ids, {"include": ["service"]}),
+        ("PATCH", "/api/v2/time_entries/approve?include=task,service,person&for_all_approvers=true", ids, {"for_all_approvers": True, "include": ["person", "service", "task"]}),
+        ("PATCH", "/api/v2/time_entries/unapprove?include=person,person", ids, {"include": ["person"]}),
+        ("POST", "/api/v2/time_entries", {"data": [entry()]}, {}),
+    ):  # fmt: skip
+        response = client.open(path, method=method, json=body, headers=headers)
+        assert job_options(session, response) == options, path
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "title"),
+    [
+        ("POST", "/api/v2/time_entries?include=approver", "Unsupported include"),
+        ("POST", "/api/v2/time_entries?include=person.manager", "Unsupported include"),
+        ("PATCH", "/api/v2/time_entries?include=", "Invalid parameter"),
+        ("PATCH", "/api/v2/time_entries/approve?include=person&include=task", "Invalid parameter"),
+        ("PATCH", "/api/v2/time_entries/unapprove?include=tasks", "Unsupported include"),
+        # 204 and no body: nothing to include anything in.
+        ("DELETE", "/api/v2/time_entries?include=person", "Unsupported include"),
+    ],
+)
+def test_include_is_checked_as_on_reads(
+    client: FlaskClient,
+    auth: Any,
+    session: Session,
+    published: list[str],
+    method: str,
+    path: str,
+    title: str,
+) -> None:
+    before = jobs_count(session)
+    body = (
+        {"data": [entry()]} if method == "POST" else {"data": [{"type": "time_entries", "id": 1}]}
+    )
+    response = client.open(
+        path, method=method, json=body, headers=auth(7783) | {"Content-Type": BULK}
+    )
+    assert response.status_code == 400
+    (error,) = response.json["errors"]
+    assert (error["title"], error["source"]) == (title, {"parameter": "include"})
+    if method == "DELETE":
+        assert error["detail"] == "cannot include 'person'; nothing can be included here"
+    assert jobs_count(session) == before and published == []
+
+
+def test_a_replay_asking_another_include_is_another_request(
+    client: FlaskClient, auth: Any, published: list[str]
+) -> None:
+    headers = auth() | {"Idempotency-Key": "include-replay", "Content-Type": BULK}
+    body = {"data": [entry()]}
+    first = client.post("/api/v2/time_entries?include=person,task", json=body, headers=headers)
+    assert first.status_code == 202
+    for query, status in (("include=task,person", 202), ("", 422), ("include=person", 422)):
+        replay = client.post(f"/api/v2/time_entries?{query}", json=body, headers=headers)
+        assert replay.status_code == status, query
+        if status == 202:
+            # The same names in another order ask for the same result: the same job.
+            assert replay.json["data"]["id"] == first.json["data"]["id"]
+        else:
+            assert replay.json["errors"][0]["title"] == "Idempotency key reused"
+    assert published == [first.json["data"]["id"]]

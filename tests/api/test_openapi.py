@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
 from api.openapi import document
+from shared.settings import Settings
 from shared.store.models import Job
 from tests.conftest import BULK
 from tests.factories import create_resource as entry
@@ -126,6 +127,30 @@ def test_the_document_names_every_route_of_the_app_and_nothing_else(app: Flask) 
     assert documented - served == set(), "documented operations the app does not serve"
 
 
+def test_submissions_that_answer_with_entries_take_include_as_reads_do() -> None:
+    include = {"$ref": "#/components/parameters/EntryInclude"}
+    assert include in document()["paths"]["/api/v2/time_entries"]["get"]["parameters"]
+    declared = {
+        f"{method.upper()} {path}": include in operation["parameters"]
+        for path, item in document()["paths"].items()
+        for method, operation in item.items()
+        if "bulk" in operation["tags"]
+    }
+    assert declared == {
+        "POST /api/v2/time_entries": True,
+        "PATCH /api/v2/time_entries": True,
+        "DELETE /api/v2/time_entries": False,
+        "PATCH /api/v2/time_entries/approve": True,
+        "PATCH /api/v2/time_entries/unapprove": True,
+    }
+    result = document()["components"]["schemas"]["TimeEntryResult"]
+    assert result["properties"]["included"] == {
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/DirectoryResource"},
+    }
+    assert "included" not in result["required"]
+
+
 def test_every_reference_resolves() -> None:
     text = orjson.dumps(document()).decode()
     for name in set(re.findall(r'"\$ref":"#/([^"]+)"', text)):
@@ -135,10 +160,15 @@ def test_every_reference_resolves() -> None:
         assert node, name
 
 
-def test_served_without_a_token(client: FlaskClient) -> None:
+def test_served_without_a_token(client: FlaskClient, settings: Settings) -> None:
     response = client.get("/api/v2/openapi.json")
     conforms(response, "GET", "/api/v2/openapi.json")
-    assert orjson.loads(response.data) == orjson.loads(orjson.dumps(document()))
+    # With the limit the app enforces, which is a setting.
+    served = document(settings.max_batch_size)
+    assert served["components"]["schemas"]["CreateDocument"]["properties"]["data"]["maxItems"] == (
+        settings.max_batch_size
+    )
+    assert orjson.loads(response.data) == orjson.loads(orjson.dumps(served))
 
 
 def test_the_api_reference_has_a_section_per_operation() -> None:
@@ -221,3 +251,15 @@ def test_reading_answers_conform(client: FlaskClient, auth: Any) -> None:
 def test_operations_answers_conform(client: FlaskClient) -> None:
     conforms(client.get("/healthz"), "GET", "/healthz")
     conforms(client.get("/metrics"), "GET", "/metrics")
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/metrics", "/api/v2/openapi.json"])
+def test_the_routes_outside_the_api_refuse_query_parameters_too(
+    client: FlaskClient, path: str
+) -> None:
+    """A scraper's `?name[]=...` filter, say, would otherwise be ignored without a word."""
+    response = client.get(f"{path}?name[]=up")
+    assert response.status_code == 400
+    assert response.json is not None
+    assert response.json["errors"][0]["source"] == {"parameter": "name[]"}
+    conforms(response, "GET", path)

@@ -233,16 +233,20 @@ def test_equal_sort_keys_page_without_overlap(
         ({"filter[person_id]": "ann"}, "filter[person_id]"),
         ({"filter[person_id]": ""}, "filter[person_id]"),
         ({"filter[person_id]": "1,,2"}, "filter[person_id]"),
+        ({"filter[person_id]": "1, 2"}, "filter[person_id]"),
+        ({"filter[person_id]": " 1"}, "filter[person_id]"),
         ({"filter[person_id]": "0"}, "filter[person_id]"),
         ({"filter[person_id]": "-3"}, "filter[person_id]"),
         ({"filter[service_id]": "99999999999999999999"}, "filter[service_id]"),
         ({"filter[task_id]": "1.5"}, "filter[task_id]"),
         ({"filter[date]": "2024-02-30"}, "filter[date]"),
         ({"filter[date]": "20240301"}, "filter[date]"),
+        ({"filter[date]": "2024-W09-5"}, "filter[date]"),
         ({"filter[after]": "yesterday"}, "filter[after]"),
         ({"filter[before]": "2024-3-1"}, "filter[before]"),
         ({"filter[status]": "pending"}, "filter[status]"),
         ({"filter[status]": "approved,"}, "filter[status]"),
+        ({"filter[status]": "approved, invoiced"}, "filter[status]"),
         ({"filter[note]": "x"}, "filter[note]"),
         ({"filter[organization_id]": "2111"}, "filter[organization_id]"),
         ({"filter": "x"}, "filter"),
@@ -262,6 +266,7 @@ def test_equal_sort_keys_page_without_overlap(
         ({"page[number]": "0"}, "page[number]"),
         ({"page[number]": "-1"}, "page[number]"),
         ({"page[number]": "99999999999999999999"}, "page[number]"),
+        ({"page[number]": "1000000001"}, "page[number]"),
     ],
 )
 def test_bad_parameters_are_400_naming_them(
@@ -474,7 +479,6 @@ def test_show_an_entry(client: FlaskClient, world: World) -> None:
         "time_entries/abc",
         "time_entries/0",
         "time_entries/99999999999999999999999",
-        "time_entries/approve",
         "people/7791",
         "people/424242",
         "people/x",
@@ -489,6 +493,13 @@ def test_missing_or_foreign_resources_are_404(client: FlaskClient, auth: Any, pa
     assert response.status_code == 404, response.json
     (error,) = response.json["errors"]
     assert error["title"] == "Not found"
+
+
+def test_the_bulk_routes_beside_entries_are_not_entry_ids(client: FlaskClient, auth: Any) -> None:
+    for path in ("time_entries/approve", "time_entries/unapprove"):
+        response = get(client, auth(7781), path)
+        assert response.status_code == 405, response.json
+        assert set(response.headers["Allow"].split(", ")) == {"PATCH", "OPTIONS"}
 
 
 def test_show_takes_include_only(client: FlaskClient, auth: Any) -> None:

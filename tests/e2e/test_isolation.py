@@ -16,8 +16,9 @@ from tests.jobclient import JobClient
 
 pytestmark = pytest.mark.e2e
 
-# What must never reach Elsewhere Ltd (2112) from Demo Agency (2110).
-SECRETS = ("Demo Agency", '"2110"', "Max", "Member", "first note", "max.member@example.com")
+# What must never reach Elsewhere Ltd (2112) from Demo Agency (2110). Names as JSON strings:
+# the OpenAPI document says "exclusiveMaximum".
+SECRETS = ("Demo Agency", '"2110"', '"Max"', '"Member"', "first note", "max.member@example.com")
 # A Demo Agency id for each kind of resource a route can name.
 FOREIGN_IDS = {
     "time_entries": "223",

@@ -6,6 +6,7 @@ import time
 import uuid
 from typing import Any
 
+import jsonapi_client
 import pytest
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
@@ -91,6 +92,35 @@ def test_spec_examples_replayed_verbatim(jobs: JobClient, e2e_auth: Any) -> None
         if example.method == "POST":
             assert [e["attributes"]["cost"] for e in got["data"]] == [4000, 4000]
             assert [e["attributes"]["cost_default"] for e in got["data"]] == [5000, 5000]
+
+
+# The discard port: nothing answers there, so what a client library resolves with this base
+# URL it found in the document itself.
+API = "http://127.0.0.1:9/api/v2"
+
+
+def test_include_lets_a_json_api_client_library_resolve_the_related_resources(
+    jobs: JobClient, e2e_auth: Any
+) -> None:
+    headers = e2e_auth(7781)
+    document = create_doc(2)
+    document["data"][0]["relationships"]["task"] = {"data": {"type": "tasks", "id": "302"}}
+    asked = jobs.run("POST", "/api/v2/time_entries?include=person,service,task", document, headers)
+    plain = jobs.run("POST", "/api/v2/time_entries", document, headers)
+    assert asked.status == plain.status == 201, asked.result.data
+
+    first, second = jsonapi_client.Session(API).read(asked.document).resources
+    assert [first.note, second.note] == ["n0", "n1"]
+    # By key: as an attribute, the library would look for a member named first-name.
+    assert (first.person["first_name"], first.person["last_name"]) == ("Max", "Member")
+    assert (first.service.name, first.service.billable) == ("Design", True)
+    assert first.task.title == "Wireframes"
+    assert second.person is first.person and second.task is None
+
+    # The spec's shape: relationships with meta only, which the library cannot resolve.
+    unlinked = jsonapi_client.Session(API).read(plain.document).resources[0]
+    with pytest.raises(NotImplementedError):
+        _ = unlinked.person
 
 
 def test_create_then_update_then_delete(jobs: JobClient, e2e_auth: Any, e2e_db: Engine) -> None:

@@ -245,11 +245,26 @@ def test_attribute_values_at_the_bounds_decode() -> None:
     assert (item["time"], len(item["note"])) == (MAX_MINUTES, MAX_NOTE)
 
 
-@pytest.mark.parametrize("bad", [0, -1, MAX_ID + 1, "0", "", "12a", "1" * 20, 1.0, None])
+@pytest.mark.parametrize(
+    "bad", [0, -1, MAX_ID + 1, "0", "", "12a", "1" * 20, str(MAX_ID + 1), 1.5, 0.0, 2.0**63, None]
+)
 def test_ids_that_are_not_bigint_ids_are_not_well_formed(bad: Any) -> None:
     with pytest.raises(NotWellFormed):
         decode(Operation.DELETE, body([{"type": "time_entries", "id": bad}]))
     assert items(Operation.DELETE, body([reference(MAX_ID)])) == [{"id": MAX_ID}]
+
+
+def test_whole_numbers_are_ids_and_minutes_in_either_spelling() -> None:
+    """JSON Schema, which the OpenAPI document is written in, calls 7.0 an integer."""
+    document = body([{"type": "time_entries", "id": n} for n in (7.0, 2.0**62)])
+    assert items(Operation.DELETE, document) == [{"id": 7}, {"id": 2**62}]
+    # More digits than int() takes from a string.
+    leading_zeros = body([reference("0" * 5000 + str(MAX_ID))])
+    assert items(Operation.DELETE, leading_zeros) == [{"id": MAX_ID}]
+    linked_floats = linked(create_resource(time=60.0), person=("people", 7781.0))
+    (item,) = items(Operation.CREATE, body([linked_floats]))
+    assert (item["time"], item["person_id"]) == (60, 7781)
+    assert type(item["time"]) is int
 
 
 def test_a_resource_of_another_type_is_not_well_formed() -> None:

@@ -17,16 +17,25 @@ from sqlalchemy.orm import Session
 
 from shared.domain.tokens import Principal
 from shared.jobs.runner import Outcome, lock_key, run_job
+from shared.jsonapi.render import NOT_INCLUDED, RELATIONSHIPS
 from shared.store.models import Job, TimeEntry
+from tests.checked_client import check_document
 from tests.factories import create_resource, queue_job, reference
 
 MEMBER = Principal(person_id=7781, organization_id=2110, read_only=False)
 MAX_RUNS = 3
 
 
-def queued(engine: Engine, operation: str, data: list[dict[str, Any]]) -> uuid.UUID:
+def queued(
+    engine: Engine,
+    operation: str,
+    data: list[dict[str, Any]],
+    *,
+    principal: Principal = MEMBER,
+    options: dict[str, Any] | None = None,
+) -> uuid.UUID:
     with Session(engine) as session:
-        job = queue_job(session, MEMBER, operation, data)
+        job = queue_job(session, principal, operation, data, options=options)
         session.commit()
         return job.id
 
@@ -73,8 +82,52 @@ def test_a_second_run_is_skipped_and_the_effect_happens_once(e2e_db: Engine) -> 
     created = sorted(set(after) - set(before))
     assert len(after) == len(before) + 2
     document = stored_document(second)
+    assert list(document) == ["data", "meta"]  # the spec's shape: nothing was asked to include
     assert [entry["id"] for entry in document["data"]] == [str(i) for i in created]
     assert [entry["attributes"]["note"] for entry in document["data"]] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("operation", "person", "data"),
+    [
+        ("create", 7781, [create_resource() | {"relationships": create_resource()["relationships"] | {"task": {"data": {"type": "tasks", "id": "302"}}}}, create_resource()]),
+        ("update", 7781, [{"type": "time_entries", "id": "223", "attributes": {"note": "x"}}, reference(224)]),
+        ("approve", 7782, [reference(223), reference(224)]),
+        ("unapprove", 7783, [reference(249), reference(250)]),
+    ],
+)  # fmt: skip
+def test_a_job_asked_to_include_stores_linkage_and_included(
+    e2e_db: Engine, operation: str, person: int, data: list[dict[str, Any]]
+) -> None:
+    principal = Principal(person_id=person, organization_id=2110, read_only=False)
+    options = {"include": ["person", "service", "task"]}
+    job_id = queued(e2e_db, operation, data, principal=principal, options=options)
+
+    assert run(e2e_db, job_id) == Outcome.SUCCEEDED
+
+    document = stored_document(job_row(e2e_db, job_id))
+    check_document(document, 200)
+    assert list(document) == ["data", "included", "meta"]
+    people, services, tasks = (
+        {"data": {"type": "people", "id": "7781"}},
+        {"data": {"type": "services", "id": "1213"}},
+        {"data": {"type": "tasks", "id": "302"}},
+    )
+    # A created entry without a task links to none; the demo entries all have task 302.
+    expected_tasks = [tasks, {"data": None}] if operation == "create" else [tasks, tasks]
+    for entry, task in zip(document["data"], expected_tasks, strict=True):
+        relationships = entry["relationships"]
+        assert list(relationships) == list(RELATIONSHIPS)
+        assert (relationships["person"], relationships["service"]) == (people, services)
+        assert relationships["task"] == task
+        assert relationships["approver"] == NOT_INCLUDED
+    assert [(r["type"], r["id"]) for r in document["included"]] == [
+        ("people", "7781"),
+        ("services", "1213"),
+        ("tasks", "302"),
+    ]
+    assert document["included"][0]["attributes"]["first_name"] == "Max"
+    assert document["included"][2]["attributes"]["title"] == "Wireframes"
 
 
 def test_a_job_locked_by_another_delivery_is_busy_and_left_alone(e2e_db: Engine) -> None:

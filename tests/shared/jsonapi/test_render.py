@@ -11,20 +11,28 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.jsonapi.render import RELATIONSHIPS, RENDER_CHUNK, EntryRenderer, gzip_document
-from shared.store.columns import ATTRIBUTES, COLUMNS, TIMESTAMPS
+from shared.jsonapi.render import (
+    NOT_INCLUDED,
+    RELATIONSHIPS,
+    RENDER_CHUNK,
+    EntryRenderer,
+    gzip_document,
+)
+from shared.store.columns import ATTRIBUTES, READ_COLUMNS, TIMESTAMPS
 from shared.store.models import TimeEntry
-from shared.store.queries import ENTRY_COLUMNS
+from shared.store.queries import ENTRY_COLUMNS, referenced
 
 UTC = dt.UTC
 
 
 def row(entry_id: int = 1, /, **values: Any) -> dict[str, Any]:
     """A row as the queries select it: every rendered column, timestamps in UTC."""
-    base: dict[str, Any] = dict.fromkeys(COLUMNS)
+    base: dict[str, Any] = dict.fromkeys(READ_COLUMNS)
     base |= {
         "id": entry_id,
         "organization_id": 2110,
+        "person_id": 7781,
+        "service_id": 1213,
         "date": dt.date(2026, 1, 5),
         "time": 60,
         "created_at": dt.datetime(2026, 1, 5, 8, 0, tzinfo=UTC),
@@ -116,10 +124,42 @@ def test_encode_collection_is_gzip_of_the_collection_document(count: int) -> Non
     ]
     encoded = renderer.encode_collection(rows)
     assert encoded[:2] == b"\x1f\x8b"  # a gzip member, servable with Content-Encoding: gzip
+    expected = EntryRenderer(2110, "Europe/Berlin").collection(rows)
+    assert gzip.decompress(encoded) == orjson.dumps(expected)
     document = orjson.loads(gzip.decompress(encoded))
-    assert document == EntryRenderer(2110, "Europe/Berlin").collection(rows)
+    assert list(document) == ["data", "meta"]
     assert [entry["id"] for entry in document["data"]] == [str(n + 1) for n in range(count)]
     assert document["meta"] == {}
+
+
+@pytest.mark.parametrize("count", [0, 1, RENDER_CHUNK + 1])
+def test_related_resources_are_linked_and_included_once_each(session: Session, count: int) -> None:
+    rows = [row(n + 1, task_id=302 if n % 2 else None) for n in range(count)]
+    rows.append(row(count + 1, task_id=424242))  # gone since, or never the caller's to see
+    related = referenced(session, 2110, rows, {"task", "person"})
+    assert list(related) == ["person", "task"]
+    renderer = EntryRenderer(2110, "Europe/Berlin", related)
+
+    encoded = renderer.encode_collection(rows)
+
+    assert gzip.decompress(encoded) == orjson.dumps(renderer.collection(rows))
+    document = orjson.loads(gzip.decompress(encoded))
+    assert list(document) == ["data", "included", "meta"]
+    tasks = [entry["relationships"]["task"] for entry in document["data"]]
+    assert tasks == [
+        {"data": {"type": "tasks", "id": "302"} if n % 2 else None} for n in range(count)
+    ] + [{"data": None}]
+    for entry in document["data"]:
+        assert list(entry["relationships"]) == list(RELATIONSHIPS)
+        assert entry["relationships"]["person"] == {"data": {"type": "people", "id": "7781"}}
+        assert entry["relationships"]["service"] == NOT_INCLUDED  # not asked for
+    assert [(r["type"], r["id"]) for r in document["included"]] == [("people", "7781")] + (
+        [("tasks", "302")] if count > 1 else []
+    )
+    # Nothing asked: the spec's shape, the same as a renderer that was never given any.
+    plain = EntryRenderer(2110, "Europe/Berlin", {}).resource(rows[0])
+    assert plain == EntryRenderer(2110, "Europe/Berlin").resource(rows[0])
+    assert plain["relationships"]["person"] == NOT_INCLUDED
 
 
 def test_gzip_document_decompresses_to_the_document_s_json() -> None:

@@ -11,8 +11,10 @@ sessions on an engine (run_job, the worker's task) is tested on the committed on
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -282,3 +284,20 @@ def e2e_db(e2e_engine: Engine) -> Engine:
 def _empty_queues(settings: Settings) -> Iterator[None]:
     yield
     purge(settings, settings.queue, settings.housekeeping_queue)
+
+
+@contextmanager
+def system_exit_in(seconds: float) -> Iterator[None]:
+    """SystemExit raised by a signal handler `seconds` from now, wherever the code then is:
+    what billiard's terminate handler does to a task when Celery cancels it."""
+
+    def leave(signum: int, frame: object) -> None:
+        raise SystemExit(1)
+
+    previous = signal.signal(signal.SIGALRM, leave)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

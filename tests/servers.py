@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -18,14 +17,8 @@ from pathlib import Path
 import redis
 from kombu.connection import Connection
 
+from bench.stack import free_port
 from shared.devstack.embedded import EmbeddedServers, start_embedded
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until(condition: object, what: str, timeout: float = 30) -> None:

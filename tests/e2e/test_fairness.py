@@ -10,7 +10,6 @@ import datetime as dt
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -27,6 +26,7 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from api import create_app
+from bench.stack import free_port
 from shared.devstack.supervisor import stack_commands, stack_env
 from shared.jobs.queue import SWEEP_JOBS, create_celery
 from shared.settings import Settings
@@ -276,13 +276,6 @@ def test_the_sweeper_republishes_a_lost_job_during_a_flood(
 
 
 # ---------------------------------------------------------------------- waiting clients
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

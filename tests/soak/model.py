@@ -61,33 +61,25 @@ class Persona:
     foreign_entry: int
 
 
+# The soak's own organization, run by two clients at once.
+_SOL = Persona(
+    "collective-sol",
+    SOAK_ORGANIZATION,
+    SOAK_PERSON,
+    SOAK_SERVICE,
+    SOAK_TASK,
+    (SOAK_MANAGER, SOAK_PERSON),
+    True,
+    2213,
+    224,
+)
 PERSONAS = (
     Persona("agency-mia", 2110, 7782, 1213, 302, (), False, 2213, 235),
     Persona("agency-ada", 2110, 7783, 1213, 302, (), True, 2213, 235),
     Persona("studio-wanda", 2111, 7793, 1223, 312, (7793,), True, 1213, 223),
     Persona("studio-wanda-2", 2111, 7793, 1223, 312, (7793,), True, 1213, 223),
-    Persona(
-        "collective-sol",
-        SOAK_ORGANIZATION,
-        SOAK_PERSON,
-        SOAK_SERVICE,
-        SOAK_TASK,
-        (SOAK_MANAGER, SOAK_PERSON),
-        True,
-        2213,
-        224,
-    ),
-    Persona(
-        "collective-sol-2",
-        SOAK_ORGANIZATION,
-        SOAK_PERSON,
-        SOAK_SERVICE,
-        SOAK_TASK,
-        (SOAK_MANAGER, SOAK_PERSON),
-        True,
-        2213,
-        224,
-    ),
+    _SOL,
+    dataclasses.replace(_SOL, name="collective-sol-2"),
 )
 
 

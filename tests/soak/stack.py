@@ -411,13 +411,8 @@ class Processes:
             if slot is None:
                 return None
             assert slot.child is not None
-            children = _children(slot.child.popen.pid)
-            if not children:
-                return None
-            child = pick(children)
-            with suppress(psutil.Error):
-                child.kill()
-            return f"pool process {child.pid} of {slot.child.name} ({state})"
+            pid = _kill_a_child(slot.child.popen.pid, pick)
+            return None if pid is None else f"pool process {pid} of {slot.child.name} ({state})"
 
     def kill_worker(self, pick: Callable[[list[Any]], Any]) -> str | None:
         """SIGKILL a whole worker, main and pool: the supervisor starts a new one."""
@@ -437,13 +432,19 @@ class Processes:
             if not slot.alive:
                 return None
             assert slot.child is not None
-            children = _children(slot.child.popen.pid)
-            if not children:
-                return None
-            child = pick(children)
-            with suppress(psutil.Error):
-                child.kill()
-            return f"gunicorn worker {child.pid}"
+            pid = _kill_a_child(slot.child.popen.pid, pick)
+            return None if pid is None else f"gunicorn worker {pid}"
+
+
+def _kill_a_child(parent: int, pick: Callable[[list[Any]], Any]) -> int | None:
+    """SIGKILL one child of the process, as `pick` chooses; its pid, or None if it has none."""
+    children = _children(parent)
+    if not children:
+        return None
+    child = pick(children)
+    with suppress(psutil.Error):
+        child.kill()
+    return int(child.pid)
 
 
 def _tail(path: Path) -> bytes:

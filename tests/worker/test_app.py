@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import gzip
-import signal
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,7 +40,7 @@ from shared.settings import Settings
 from shared.store.engine import make_engine
 from shared.store.models import Job, TimeEntry
 from shared.store.pgcopy import PROGRESS_EVERY
-from tests.conftest import purge
+from tests.conftest import purge, system_exit_in
 from tests.e2e.conftest import WorkerProcess
 from tests.factories import Factories, create_resource, queue_job
 from tests.jobclient import eventually
@@ -378,22 +377,13 @@ def test_a_shutdown_cutting_the_run_leaves_the_job_to_run_again_and_the_process_
     """What billiard does to a task cancelled on a broker connection loss: SystemExit,
     raised by its signal handler wherever the run is (here: waiting on a row lock)."""
 
-    def leave(signum: int, frame: object) -> None:
-        raise SystemExit(1)
-
     job_id = queued(e2e_db, [create_resource()])
     with e2e_db.connect() as holder:
         hold_row(holder, job_id)
-        previous = signal.signal(signal.SIGALRM, leave)
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
-        try:
-            # The process must go, as the signal meant, whatever the cleanup raised.
-            with pytest.raises(SystemExit):
-                process_job.apply(args=[job_id])
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-            holder.rollback()
+        # The process must go, as the signal meant, whatever the cleanup raised.
+        with pytest.raises(SystemExit), system_exit_in(0.05):
+            process_job.apply(args=[job_id])
+        holder.rollback()
     assert retries == []
     job = job_row(e2e_db, job_id)
     assert job.status in ("queued", "running")

@@ -6,9 +6,6 @@ a client's job; anything else is a bug only once it repeats, which the worker co
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Iterator
-
 import psycopg
 import pytest
 from sqlalchemy import Engine, create_engine, make_url, text
@@ -23,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from shared.domain.documents import NotWellFormed
 from shared.jobs.faults import Fault, classify, fingerprint
+from tests.conftest import system_exit_in
 
 
 def database_error(engine: Engine, sql: str) -> DBAPIError:
@@ -124,25 +122,14 @@ def test_other_dbapi_errors_are_judged_by_their_sqlstate(
     assert classify(wrapped) is fault
 
 
-@pytest.fixture
-def exit_in(request: pytest.FixtureRequest) -> Iterator[None]:
-    """SystemExit raised by a signal handler a moment from now, wherever the code then is:
-    what billiard's terminate handler does to a task when Celery cancels it."""
-
-    def leave(signum: int, frame: object) -> None:
-        raise SystemExit(1)
-
-    previous = signal.signal(signal.SIGALRM, leave)
-    signal.setitimer(signal.ITIMER_REAL, 0.3)
-    yield
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, previous)
-
-
-def test_a_shutdown_mid_query_is_a_shutdown_whatever_the_cleanup_raises(
-    e2e_db: Engine, exit_in: None
-) -> None:
-    with pytest.raises(BaseException) as info, Session(e2e_db) as session, session.begin():
+def test_a_shutdown_mid_query_is_a_shutdown_whatever_the_cleanup_raises(e2e_db: Engine) -> None:
+    # Whichever the cleanup raises: SystemExit itself, or an error with it as context.
+    with (
+        pytest.raises(BaseException) as info,
+        system_exit_in(0.3),
+        Session(e2e_db) as session,
+        session.begin(),
+    ):
         session.execute(text("SELECT pg_sleep(5)"))
     assert classify(info.value) is Fault.SHUTDOWN
 

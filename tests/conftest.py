@@ -16,8 +16,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -301,3 +302,14 @@ def system_exit_in(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def disguised_shutdown(*args: object, **kwargs: object) -> NoReturn:
+    """Raise what a cleanup leaves of a shutdown that cut a query: psycopg's error from the
+    rollback on the cut connection, with the SystemExit only as its context."""
+    try:
+        raise SystemExit(1)
+    except SystemExit:
+        raise psycopg.ProgrammingError(
+            "can't change 'autocommit' now: connection in transaction status ACTIVE"
+        ) from None

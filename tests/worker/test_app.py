@@ -40,7 +40,7 @@ from shared.settings import Settings
 from shared.store.engine import make_engine
 from shared.store.models import Job, TimeEntry
 from shared.store.pgcopy import PROGRESS_EVERY
-from tests.conftest import purge, system_exit_in
+from tests.conftest import disguised_shutdown, purge, system_exit_in
 from tests.e2e.conftest import WorkerProcess
 from tests.factories import Factories, create_resource, queue_job
 from tests.jobclient import eventually
@@ -401,16 +401,8 @@ def test_a_shutdown_that_a_cleanup_turned_into_another_error_still_ends_the_proc
     the process to live on, billiard's flag would make it take every later error for a
     shutdown."""
 
-    def cut_mid_query(*args: Any, **kwargs: Any) -> None:
-        try:
-            raise SystemExit(1)
-        except SystemExit:
-            raise psycopg.ProgrammingError(
-                "can't change 'autocommit' now: connection in transaction status ACTIVE"
-            ) from None
-
     job_id = queued(e2e_db, [create_resource()])
-    monkeypatch.setattr(worker.app, "run_job", cut_mid_query)
+    monkeypatch.setattr(worker.app, "run_job", disguised_shutdown)
     with pytest.raises(SystemExit) as left:
         process_job.apply(args=[job_id])
     assert isinstance(left.value.__cause__, psycopg.ProgrammingError)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from shared.domain.documents import NotWellFormed
 from shared.jobs.faults import Fault, classify, fingerprint
-from tests.conftest import system_exit_in
+from tests.conftest import disguised_shutdown, system_exit_in
 
 
 def database_error(engine: Engine, sql: str) -> DBAPIError:
@@ -135,18 +135,12 @@ def test_a_shutdown_mid_query_is_a_shutdown_whatever_the_cleanup_raises(e2e_db: 
 
 
 def test_an_error_raised_while_a_shutdown_unwinds_is_a_shutdown() -> None:
-    # The cleanup on the way out fails on the connection the exit cut, as psycopg does.
-    try:
-        try:
-            raise SystemExit(1)
-        except SystemExit:
-            raise psycopg.ProgrammingError(
-                "can't change 'autocommit' now: connection in transaction status ACTIVE"
-            ) from None
-    except psycopg.ProgrammingError as error:
-        assert error.__context__ is not None
-        assert classify(error) is Fault.SHUTDOWN
-        assert classify(psycopg.ProgrammingError(str(error))) is Fault.UNEXPECTED
+    with pytest.raises(psycopg.ProgrammingError) as info:
+        disguised_shutdown()
+    error = info.value
+    assert isinstance(error.__context__, SystemExit)
+    assert classify(error) is Fault.SHUTDOWN
+    assert classify(psycopg.ProgrammingError(str(error))) is Fault.UNEXPECTED
 
 
 def test_the_same_error_has_the_same_fingerprint_and_others_do_not() -> None:

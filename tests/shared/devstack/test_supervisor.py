@@ -28,11 +28,13 @@ PYTHON = sys.executable
 
 SLEEPER = "; ".join(
     [
-        "import os, time",
+        "import os, sys, time",
         "print('ready', os.getpid(), os.environ['TIMEBATCH_QUEUE'], flush=True)",
+        "[open(path, 'w').close() for path in sys.argv[1:]]",
         "time.sleep(60)",
     ]
 )
+# SLEEPER and SPAWNER create the files named by their arguments once they have said "ready".
 # Two grandchildren: one in the child's process group, one that leaves it (setsid).
 SPAWNER = "; ".join(
     [
@@ -41,6 +43,7 @@ SPAWNER = "; ".join(
         "kept = subprocess.Popen(nap)",
         "escaped = subprocess.Popen(nap, start_new_session=True)",
         "print('ready', kept.pid, escaped.pid, flush=True)",
+        "[open(path, 'w').close() for path in sys.argv[1:]]",
         "time.sleep(60)",
     ]
 )
@@ -59,6 +62,21 @@ def procfile(tmp_path: Path, processes: dict[str, list[str]]) -> Path:
     path = tmp_path / "Procfile"
     path.write_text("".join(f"{name}: {shlex.join(argv)}\n" for name, argv in processes.items()))
     return path
+
+
+def after(tmp_path: Path, markers: list[Path], then: str) -> list[str]:
+    """A process that runs `then` once every marker exists: it ends the stack only after the
+    others have spoken. A file, as a Procfile line holds no loop."""
+    script = tmp_path / f"after-{len(list(tmp_path.glob('after-*')))}.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "deadline = time.monotonic() + 30\n"
+        f"while not all(map(os.path.exists, {[str(m) for m in markers]!r})):\n"
+        "    assert time.monotonic() < deadline, 'the others never spoke'\n"
+        "    time.sleep(0.02)\n"
+        f"{then}\n"
+    )
+    return [PYTHON, str(script)]
 
 
 def settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -275,9 +293,13 @@ def test_a_child_exiting_on_its_own_stops_the_rest(
     stack = procfile(
         tmp_path,
         {
-            "sleeper": [PYTHON, "-c", SLEEPER],
-            "spawner": [PYTHON, "-c", SPAWNER],
-            "quitter": [PYTHON, "-c", "import sys, time; time.sleep(1.5); sys.exit(3)"],
+            "sleeper": [PYTHON, "-c", SLEEPER, str(tmp_path / "sleeper-spoke")],
+            "spawner": [PYTHON, "-c", SPAWNER, str(tmp_path / "spawner-spoke")],
+            "quitter": after(
+                tmp_path,
+                [tmp_path / "sleeper-spoke", tmp_path / "spawner-spoke"],
+                then="sys.exit(3)",
+            ),
         },
     )
     handler = signal.getsignal(signal.SIGTERM)
@@ -314,7 +336,11 @@ def test_a_signal_without_a_name_is_reported_by_number(
 
 
 def test_output_to_a_terminal_is_coloured_by_process(tmp_path: Path) -> None:
-    processes = {"first": [PYTHON, "-c", "print('one')"], "second": [PYTHON, "-c", SLEEPER]}
+    spoke = tmp_path / "second-spoke"
+    processes = {
+        "first": after(tmp_path, [spoke], then="print('one')"),
+        "second": [PYTHON, "-c", SLEEPER, str(spoke)],
+    }
     controller, terminal = pty.openpty()
     runner = subprocess.Popen(
         [PYTHON, "-c", RUNNER, str(procfile(tmp_path, processes)), "2", str(tmp_path / "data")],

@@ -1,4 +1,5 @@
-"""gunicorn's settings (`--config python:api.gunicorn_config`): JSON logs, metrics cleanup."""
+"""gunicorn's settings (`--config python:api.gunicorn_config`): JSON logs, threads, metrics
+cleanup."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ logconfig_dict = gunicorn_logconfig()
 # mean gunicorn's default, not unlimited.
 limit_request_line = 0
 limit_request_field_size = 65536
+# An event stream holds its thread while it is open: enough threads for a full stream and
+# wait capacity, and some left for every other request.
+threads = Settings.from_env().web_threads
 
 
 def child_exit(server: Any, worker: Any) -> None:

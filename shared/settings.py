@@ -85,6 +85,24 @@ def _broker_url(env: Mapping[str, str], key: str) -> str | None:
     return raw
 
 
+# The Standard Webhooks specification's example: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h,
+# 20 h, 24 h between attempts, so ten attempts over three days and a bit.
+WEBHOOK_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+
+
+def _schedule(env: Mapping[str, str], key: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    raw = _text(env, key)
+    if raw is None:
+        return default
+    try:
+        delays = tuple(float(part) for part in raw.split(","))
+    except ValueError:
+        raise SettingsError(f"{key} must be comma-separated seconds, got {raw!r}") from None
+    if not all(0 <= delay <= 7 * 86400 for delay in delays):
+        raise SettingsError(f"{key} must hold seconds between 0 and a week, got {raw!r}")
+    return delays
+
+
 def _path(env: Mapping[str, str], key: str) -> Path | None:
     raw = _text(env, key)
     return None if raw is None else Path(raw).absolute()
@@ -117,6 +135,8 @@ class Settings:
     queue: str = "timebatch"
     web_concurrency: int = 2
     worker_concurrency: int = 2
+    # Threads of the webhooks process, each waiting on one receiver at a time.
+    webhook_concurrency: int = 8
     job_time_limit: int = 900
     # Runs in a row that may meet the same internal error before the job fails for it, and
     # runs in all (most of them cut short by a lost worker) before it is given up.
@@ -133,6 +153,13 @@ class Settings:
     org_max_unfinished_entries: int = 1_000_000
     # Requests one web process lets wait on `Prefer: wait` at once; the others answer at once.
     wait_capacity: int = 4
+    # Event streams one web process holds open at once; past it, a stream is refused with 503.
+    stream_capacity: int = 128
+    # Seconds between a webhook delivery's attempts, one attempt more than delays; the timeout
+    # of one attempt; whether loopback and private targets (and plain http) are allowed.
+    webhook_retry_schedule: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE
+    webhook_timeout: int = 15
+    webhook_allow_private: bool = False
     # Shared by the processes of one machine for prometheus_client's multiprocess mode;
     # `timebatch run` defaults it to <data_dir>/metrics.
     metrics_dir: Path | None = None
@@ -146,6 +173,17 @@ class Settings:
     def housekeeping_queue(self) -> str:
         """Sweep and purge: a queue of their own, so that they never wait behind jobs."""
         return f"{self.queue}.housekeeping"
+
+    @property
+    def webhooks_queue(self) -> str:
+        """Webhook deliveries: a queue of their own, so job workers never wait on receivers."""
+        return f"{self.queue}.webhooks"
+
+    @property
+    def web_threads(self) -> int:
+        """Threads per web process: the streams and the waiters it allows, and as many again
+        as a full stream capacity leaves for every other request."""
+        return self.stream_capacity + self.wait_capacity + 8
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -185,6 +223,7 @@ class Settings:
             "TIMEBATCH_QUEUE": self.queue,
             "WEB_CONCURRENCY": str(self.web_concurrency),
             "WORKER_CONCURRENCY": str(self.worker_concurrency),
+            "WEBHOOK_CONCURRENCY": str(self.webhook_concurrency),
             "TIMEBATCH_JOB_TIME_LIMIT": str(self.job_time_limit),
             "TIMEBATCH_JOB_MAX_ATTEMPTS": str(self.job_max_attempts),
             "TIMEBATCH_JOB_MAX_RUNS": str(self.job_max_runs),
@@ -196,6 +235,12 @@ class Settings:
             "TIMEBATCH_ORG_MAX_UNFINISHED": str(self.org_max_unfinished),
             "TIMEBATCH_ORG_MAX_UNFINISHED_ENTRIES": str(self.org_max_unfinished_entries),
             "TIMEBATCH_WAIT_CAPACITY": str(self.wait_capacity),
+            "TIMEBATCH_STREAM_CAPACITY": str(self.stream_capacity),
+            "TIMEBATCH_WEBHOOK_RETRY_SCHEDULE": ",".join(
+                f"{delay:g}" for delay in self.webhook_retry_schedule
+            ),
+            "TIMEBATCH_WEBHOOK_TIMEOUT": str(self.webhook_timeout),
+            "TIMEBATCH_WEBHOOK_ALLOW_PRIVATE": "1" if self.webhook_allow_private else "0",
         }
         if self.flower_basic_auth:
             env["FLOWER_BASIC_AUTH"] = self.flower_basic_auth
@@ -233,6 +278,7 @@ class Settings:
             queue=queue,
             web_concurrency=_int(env, "WEB_CONCURRENCY", 2, minimum=1, maximum=256),
             worker_concurrency=_int(env, "WORKER_CONCURRENCY", 2, minimum=1, maximum=256),
+            webhook_concurrency=_int(env, "WEBHOOK_CONCURRENCY", 8, minimum=1, maximum=1024),
             job_time_limit=_int(env, "TIMEBATCH_JOB_TIME_LIMIT", 900, minimum=10, maximum=86400),
             job_max_attempts=_int(env, "TIMEBATCH_JOB_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
             job_max_runs=_int(env, "TIMEBATCH_JOB_MAX_RUNS", 50, minimum=1, maximum=10_000),
@@ -249,5 +295,11 @@ class Settings:
                 env, "TIMEBATCH_ORG_MAX_UNFINISHED_ENTRIES", 1_000_000, minimum=1, maximum=10**10
             ),
             wait_capacity=_int(env, "TIMEBATCH_WAIT_CAPACITY", 4, minimum=0, maximum=10_000),
+            stream_capacity=_int(env, "TIMEBATCH_STREAM_CAPACITY", 128, minimum=0, maximum=10_000),
+            webhook_retry_schedule=_schedule(
+                env, "TIMEBATCH_WEBHOOK_RETRY_SCHEDULE", WEBHOOK_RETRY_SCHEDULE
+            ),
+            webhook_timeout=_int(env, "TIMEBATCH_WEBHOOK_TIMEOUT", 15, minimum=1, maximum=300),
+            webhook_allow_private=_bool(env, "TIMEBATCH_WEBHOOK_ALLOW_PRIVATE", False),
             metrics_dir=_path(env, "PROMETHEUS_MULTIPROC_DIR"),
         )

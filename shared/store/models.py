@@ -27,7 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -336,3 +336,76 @@ class Job(Base):
     published_at: Mapped[dt.datetime | None] = mapped_column()
     # Set when retention dropped the batch and the result; the row keeps the job's summary.
     purged_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class WebhookEvent(StrEnum):
+    """What a webhook endpoint may hear of: a job of its organization that ended so."""
+
+    SUCCEEDED = "job.succeeded"
+    FAILED = "job.failed"
+    CANCELED = "job.canceled"
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class Webhook(Base):
+    """An organization's endpoint, told of its jobs as they end."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = (
+        CheckConstraint(
+            f"cardinality(events) > 0 AND events <@ ARRAY[{_sql_list(WebhookEvent)}]::text[]",
+            name="events_known",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    organization_id: Mapped[int] = mapped_column(
+        ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    enabled: Mapped[bool] = mapped_column(Boolean, server_default=TRUE)
+    # The signing key (whsec_...), kept as it is: a signature needs the key itself.
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+    updated_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: the outbox row written with the job's end, then the state of
+    its attempts. Its message id (webhook-id) and body stay the same on every attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_sql_list(DeliveryStatus)})", name="status_known"),
+        Index("ix_webhook_deliveries_webhook_id_id", "webhook_id", "id"),
+        # The sweeper's scan: deliveries still to be attempted.
+        Index(
+            "ix_webhook_deliveries_next_attempt_at_pending",
+            "next_attempt_at",
+            postgresql_where=text(f"status = '{DeliveryStatus.PENDING}'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(32))
+    message_id: Mapped[str] = mapped_column(String(64), unique=True)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16), server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=ZERO)
+    last_response_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # When the next attempt is due (pending only); the attempt that takes it moves it on
+    # by the timeout first, so a duplicate message finds it not due and does nothing.
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column()
+    # When a message for it last went to the broker: the sweeper re-sends only older ones.
+    published_at: Mapped[dt.datetime | None] = mapped_column()
+    delivered_at: Mapped[dt.datetime | None] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)

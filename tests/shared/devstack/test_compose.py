@@ -20,7 +20,7 @@ from honcho.environ import parse_procfile
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
-LONG_RUNNING = ("web", "worker", "beat", "flower")
+LONG_RUNNING = ("web", "worker", "webhooks", "beat", "flower")
 # ${VAR:?message}: the shell (or compose) refuses to start when VAR is unset.
 REQUIRED = re.compile(r"\$\{(\w+):\?[^}]*\}")
 DEFAULTED = re.compile(r"^\$\{(\w+):-([^}]*)\}$")
@@ -162,14 +162,14 @@ def test_compose_web_and_worker_share_an_in_memory_metrics_directory(
 ) -> None:
     services = compose["services"]
     mounts = set()
-    for name in ("web", "worker"):
+    for name in ("web", "worker", "webhooks"):
         directory = services[name]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
         (volume,) = [v for v in services[name]["volumes"] if v.endswith(f":{directory}")]
         mounts.add(volume)
     (shared,) = mounts
     volume = compose["volumes"][shared.split(":")[0]]
     assert volume["driver_opts"]["type"] == "tmpfs"
-    for name in set(LONG_RUNNING) - {"web", "worker"}:
+    for name in set(LONG_RUNNING) - {"web", "worker", "webhooks"}:
         assert "PROMETHEUS_MULTIPROC_DIR" not in services[name]["environment"], name
     procfile = parse_procfile((ROOT / "Procfile").read_text()).processes
     assert procfile["flower"].startswith("env -u PROMETHEUS_MULTIPROC_DIR ")

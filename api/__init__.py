@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from flask import Blueprint, Flask
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,7 +15,7 @@ from api.errors import register_error_handlers
 from api.limits import refuse_oversized
 from api.telemetry import bind_principal, register_telemetry
 from api.views import bulk, health, jobs, meta, reading
-from shared.jobs.queue import create_celery, publish_job, queue_depth
+from shared.jobs.queue import create_celery, publish_deliveries, publish_job, queue_depth
 from shared.ops import metrics
 from shared.ops.logs import configure_logging
 from shared.settings import Settings
@@ -55,6 +56,12 @@ def create_app(
             # The job row is committed: the sweeper publishes it once the broker is back.
             logger.warning("broker unavailable; job %s left for the sweeper", job_id)
 
+    def publish_deliveries_or_defer(delivery_ids: Sequence[int]) -> None:
+        try:
+            publish_deliveries(celery, delivery_ids)
+        except Exception:
+            logger.warning("broker unavailable; deliveries %s left for the sweeper", delivery_ids)
+
     def broker_ping() -> None:
         with celery.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=2)
@@ -63,6 +70,7 @@ def create_app(
         settings=settings,
         sessions=sessions,
         publish=publish if publish is not None else publish_or_defer,
+        publish_deliveries=publish_deliveries_or_defer,
         broker_ping=broker_ping,
         queue_depth=lambda: queue_depth(celery, settings.queue),
         finish_listener=FinishListener(settings.sqlalchemy_url, settings.wait_capacity),

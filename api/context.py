@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from flask import current_app, g
@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 
 # Sends a committed job's id, at its rank's priority, to the workers.
 Publisher = Callable[[str, int], None]
+# Sends the committed webhook deliveries of a job that ended here (canceled) to be attempted.
+DeliveryPublisher = Callable[[Sequence[int]], None]
 
 
 @dataclass
@@ -24,6 +26,7 @@ class AppServices:
     settings: Settings
     sessions: sessionmaker[Session]
     publish: Publisher
+    publish_deliveries: DeliveryPublisher
     broker_ping: Callable[[], None]
     queue_depth: Callable[[], int]
     finish_listener: FinishListener

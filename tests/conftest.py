@@ -203,7 +203,7 @@ def auth(session: Session) -> Any:
     return make
 
 
-TABLES = "organizations, exchange_rates, people, api_tokens, services, tasks, time_entries, approval_statuses, jobs"
+TABLES = "organizations, exchange_rates, people, api_tokens, services, tasks, time_entries, approval_statuses, jobs, webhooks, webhook_deliveries"
 
 
 BROKERS = ("redis", "amqp")
@@ -260,7 +260,7 @@ def e2e_settings(
     migrate.upgrade(engine)
     engine.dispose()
     yield settings
-    purge(settings, settings.queue, settings.housekeeping_queue)
+    purge(settings, settings.queue, settings.housekeeping_queue, settings.webhooks_queue)
     _drop(settings)
 
 
@@ -284,7 +284,7 @@ def e2e_db(e2e_engine: Engine) -> Engine:
 @pytest.fixture(scope="session", autouse=True)
 def _empty_queues(settings: Settings) -> Iterator[None]:
     yield
-    purge(settings, settings.queue, settings.housekeeping_queue)
+    purge(settings, settings.queue, settings.housekeeping_queue, settings.webhooks_queue)
 
 
 @contextmanager

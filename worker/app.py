@@ -13,21 +13,26 @@ from celery import Celery, Task, bootsteps
 from celery.utils.log import get_task_logger
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from shared.jobs.faults import Fault, classify, fingerprint
 from shared.jobs.queue import (
+    DELIVER_WEBHOOK,
     PROCESS_JOB,
     PURGE_JOBS,
     RECOVER_AFTER_OUTAGE,
     SWEEP_JOBS,
     create_celery,
+    publish_deliveries,
 )
 from shared.jobs.retention import purge_expired
 from shared.jobs.runner import Outcome, fail_unexpectedly, record_error, run_job
-from shared.jobs.sweeper import recover_after_outage, recover_jobs
+from shared.jobs.sweeper import recover_after_outage, recover_deliveries, recover_jobs
 from shared.ops import metrics
 from shared.settings import Settings
 from shared.store.engine import make_engine
+from shared.webhooks.delivery import attempt
+from shared.webhooks.outbox import claim_unpublished
 from worker.telemetry import connect_signals, record_outcome
 
 logger = get_task_logger(__name__)
@@ -58,6 +63,9 @@ class EngineHolder:
 # kombu tries a lost broker again 2, 4, 6 ... and at most 30 s apart; past a long outage a
 # worker would find the broker back up to 30 s late. A few seconds apart costs nothing.
 RECONNECT_INTERVAL_MAX = 4
+# A delivery's retry due within this many seconds waits in the broker (a countdown); later
+# ones are sent by the sweeper when they are due.
+COUNTDOWN_LIMIT = 60
 
 
 class Consumer(celery.worker.consumer.Consumer):  # type: ignore[misc]
@@ -142,12 +150,44 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
             record_outcome(holder.engine, job_id, Outcome.FAILED)
             raise
         record_outcome(holder.engine, job_id, outcome)
+        if outcome is not Outcome.BUSY:
+            # A run that ended the job, or found it ended by one that died before this step.
+            publish_job_deliveries(key)
         logger.info("job %s %s", job_id, outcome)
         return outcome
 
+    def publish_job_deliveries(key: uuid.UUID) -> None:
+        with Session(holder.engine) as session, session.begin():
+            deliveries = claim_unpublished(session, key)
+        try:
+            publish_deliveries(app, deliveries)
+        except Exception:
+            # Stamped already: the sweeper sends them once they are overdue.
+            logger.warning("could not publish the deliveries of job %s", key, exc_info=True)
+
+    # A receiver's answer decides the next attempt; a database fault is tried again (the
+    # claim makes a duplicate harmless), and the sweeper catches a message lost meanwhile.
+    @app.task(
+        name=DELIVER_WEBHOOK,
+        shared=False,
+        autoretry_for=(OperationalError,),
+        retry_backoff=1,
+        retry_backoff_max=30,
+        max_retries=None,
+    )  # type: ignore[untyped-decorator]
+    def deliver_webhook(delivery_id: int) -> str:
+        done = attempt(holder.engine, settings, delivery_id)
+        if done.retry_in is not None and done.retry_in <= COUNTDOWN_LIMIT:
+            # Longer waits are the sweeper's: a broker holding a message for hours is not
+            # a schedule to rely on.
+            publish_deliveries(app, [delivery_id], countdown=done.retry_in)
+        logger.info("delivery %s %s", delivery_id, done.result)
+        return str(done.result)
+
     @app.task(name=SWEEP_JOBS, acks_late=False, shared=False)  # type: ignore[untyped-decorator]
     def sweep_jobs() -> int:
-        return recover_jobs(holder.engine, settings, app)
+        jobs = recover_jobs(holder.engine, settings, app)
+        return jobs + recover_deliveries(holder.engine, app)
 
     # The database may be coming back with the broker: try again, the outage's start kept.
     @app.task(

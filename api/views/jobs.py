@@ -24,6 +24,7 @@ from shared.store.models import (
     Operation,
 )
 from shared.store.queries import JOB_SORTS, jobs_page
+from shared.webhooks.outbox import claim_unpublished
 
 blueprint = Blueprint("jobs", __name__)
 
@@ -212,6 +213,8 @@ def cancel(job_id: str) -> Response:
         raise ApiError.one(
             409, "Job already started", f"the job is {job.status} and can no longer be canceled"
         )
+    deliveries = claim_unpublished(session, job.id)
     session.commit()
+    services().publish_deliveries(deliveries)
     session.refresh(job)
     return job_response(job)

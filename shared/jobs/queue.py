@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -15,6 +16,7 @@ PROCESS_JOB = "timebatch.process_job"
 SWEEP_JOBS = "timebatch.sweep_jobs"
 PURGE_JOBS = "timebatch.purge_jobs"
 RECOVER_AFTER_OUTAGE = "timebatch.recover_after_outage"
+DELIVER_WEBHOOK = "timebatch.deliver_webhook"
 
 
 # A publish to a dead broker fails at once instead of retrying for seconds inside a web
@@ -43,7 +45,10 @@ def _broker_config(settings: Settings) -> dict[str, Any]:
             }
         }
     return {
-        "task_queues": [_quorum_queue(settings.queue), _quorum_queue(settings.housekeeping_queue)],
+        "task_queues": [
+            _quorum_queue(name)
+            for name in (settings.queue, settings.housekeeping_queue, settings.webhooks_queue)
+        ],
         "task_default_exchange_type": "topic",
         # A publish returns once RabbitMQ has taken the message: a 202 means it is queued.
         "broker_transport_options": {"confirm_publish": True, **NO_PUBLISH_RETRY},
@@ -73,6 +78,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             SWEEP_JOBS: {"queue": settings.housekeeping_queue},
             PURGE_JOBS: {"queue": settings.housekeeping_queue},
             RECOVER_AFTER_OUTAGE: {"queue": settings.housekeeping_queue},
+            # Deliveries wait on receivers: consumed by the webhooks process's threads.
+            DELIVER_WEBHOOK: {"queue": settings.webhooks_queue},
         },
         # A job's effect commits with its status; acking late means a lost worker's job is
         # delivered again, and the job lock makes the second delivery harmless.
@@ -108,6 +115,13 @@ def publish_job(app: Celery, job_id: str, rank: int) -> None:
     """
     priority = message_priority(rank, app.conf.broker_url)
     app.send_task(PROCESS_JOB, args=[job_id], task_id=job_id, priority=priority, retry=False)
+
+
+def publish_deliveries(app: Celery, delivery_ids: Iterable[int], countdown: float = 0) -> None:
+    """Send webhook delivery ids to the webhooks queue. Call after their rows are committed;
+    a lost message is sent again by the sweeper."""
+    for delivery_id in delivery_ids:
+        app.send_task(DELIVER_WEBHOOK, args=[delivery_id], countdown=countdown or None, retry=False)
 
 
 def queue_depth(app: Celery, queue: str) -> int:

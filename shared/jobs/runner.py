@@ -28,6 +28,7 @@ from shared.jsonapi.errors import ApiError
 from shared.jsonapi.render import gzip_document
 from shared.store.models import UNFINISHED_STATUSES, Job, JobStatus, Operation
 from shared.store.notify import notify_finished
+from shared.webhooks.outbox import record_job_event
 
 Apply = Callable[
     [Session, BatchContext, Sequence[Item], Progress], Sequence[Mapping[Any, Any]] | None
@@ -211,6 +212,16 @@ def _finish(
     errors: int,
 ) -> None:
     notify_finished(session, str(job.id))
+    record_job_event(
+        session,
+        job.id,
+        job.organization_id,
+        operation=job.operation,
+        status=status,
+        result_status=result_status,
+        total=job.total,
+        errors=errors,
+    )
     session.execute(
         update(Job)
         .where(Job.id == job.id)
@@ -248,8 +259,7 @@ def fail_unexpectedly(engine: Engine, job_id: uuid.UUID) -> None:
         500, "Internal error", "the job could not be processed because of an internal error"
     )
     with Session(engine) as session, session.begin():
-        notify_finished(session, str(job_id))
-        session.execute(
+        failed = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status.in_(UNFINISHED_STATUSES))
             .values(
@@ -260,4 +270,18 @@ def fail_unexpectedly(engine: Engine, job_id: uuid.UUID) -> None:
                 finished_at=func.clock_timestamp(),
                 heartbeat_at=None,
             )
+            .returning(Job.organization_id, Job.operation, Job.total)
+        ).one_or_none()
+        if failed is None:
+            return
+        notify_finished(session, str(job_id))
+        record_job_event(
+            session,
+            job_id,
+            failed.organization_id,
+            operation=failed.operation,
+            status=JobStatus.FAILED,
+            result_status=error.status,
+            total=failed.total,
+            errors=1,
         )

@@ -19,6 +19,7 @@ from shared.jobs.fairness import admit, load_of, lock_organization
 from shared.jsonapi.errors import ApiError
 from shared.settings import Settings
 from shared.store.models import Job, JobStatus, Operation
+from shared.webhooks.outbox import record_job_event
 
 
 def fingerprint(operation: Operation, body: bytes, options: dict[str, Any]) -> str:
@@ -103,7 +104,19 @@ def cancel_job(session: Session, job: Job) -> bool:
         .values(status=JobStatus.CANCELED, finished_at=func.now())
         .returning(Job.id)
     ).scalar_one_or_none()
-    return canceled is not None
+    if canceled is None:
+        return False
+    record_job_event(
+        session,
+        job.id,
+        job.organization_id,
+        operation=job.operation,
+        status=JobStatus.CANCELED,
+        result_status=None,
+        total=job.total,
+        errors=0,
+    )
+    return True
 
 
 def unknown_job(job_id: str) -> ApiError:

@@ -11,6 +11,8 @@ Three rules, from the quickest to the slowest:
 - where the broker can list the job ids it holds (Redis), a queued job it does not hold is
   re-published within seconds; so is every queued job when the queue is empty (RabbitMQ);
 - otherwise a queued job is re-published after a grace period, backing off.
+
+Webhook deliveries follow the same idea: a pending one past due has lost its message.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from celery import Celery
 from sqlalchemy import ColumnElement, Engine, false, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from shared.jobs.queue import job_ids_in_broker, publish_job, queue_depth
+from shared.jobs.queue import job_ids_in_broker, publish_deliveries, publish_job, queue_depth
 from shared.ops import metrics
 from shared.settings import Settings
 from shared.store.models import UNFINISHED_STATUSES, Job, JobStatus
+from shared.webhooks.outbox import claim_overdue
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +154,22 @@ def recover_jobs(engine: Engine, settings: Settings, app: Celery) -> int:
         ),
         "stuck",
     )
+
+
+def recover_deliveries(engine: Engine, app: Celery) -> int:
+    """Re-publish webhook deliveries whose message was lost; returns how many."""
+    republished = 0
+    while True:
+        with Session(engine) as session, session.begin():
+            # A delivery's message goes out after its commit or with its retry's countdown.
+            claimed = claim_overdue(session, grace=MESSAGE_GRACE, limit=CLAIM_LIMIT)
+        publish_deliveries(app, claimed)
+        republished += len(claimed)
+        if len(claimed) < CLAIM_LIMIT:
+            break
+    if republished:
+        logger.warning("re-published %d overdue webhook deliveries", republished)
+    return republished
 
 
 def recover_after_outage(

@@ -14,6 +14,7 @@ creates a file, and nothing happens at import time.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -110,6 +111,18 @@ class Metrics:
             ["limit"],
             registry=registry,
         )
+        self.webhook_attempts = Counter(
+            "timebatch_webhook_attempts",
+            "Webhook delivery attempts, by outcome (delivered, retried, failed, disabled)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.webhook_latency = Histogram(
+            "timebatch_webhook_delivery_latency_seconds",
+            "From the commit that ended a job to a receiver's 2xx for its event",
+            buckets=JOB_BUCKETS,
+            registry=registry,
+        )
         self.jobs_purged = Counter(
             "timebatch_retention_purged_jobs",
             "Finished jobs whose batch and result retention dropped",
@@ -149,6 +162,14 @@ def job_finished(
         m.job_queue_wait.labels(operation).observe(max(queue_wait, 0.0))
     if status == JobStatus.SUCCEEDED:
         m.entries_applied.labels(operation).inc(entries)
+
+
+def webhook_attempted(outcome: str, *, since: dt.datetime | None = None) -> None:
+    """Count an attempt; a delivered one records its latency from `since`, the job's end."""
+    m = metrics()
+    m.webhook_attempts.labels(outcome).inc()
+    if since is not None:
+        m.webhook_latency.observe(max((dt.datetime.now(dt.UTC) - since).total_seconds(), 0.0))
 
 
 def multiprocess_mode() -> bool:

@@ -40,20 +40,44 @@ OUTCOME_LINE = re.compile(r"^job (?P<job>\S+) (?P<outcome>{})$".format("|".join(
 class WorkerProcess:
     """A real `celery worker` for the e2e queue, in its own process group."""
 
-    def __init__(self, settings: Settings, log: Path, name: str, *, beat: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log: Path,
+        name: str,
+        *,
+        beat: bool = False,
+        webhooks: bool = False,
+    ) -> None:
         self.settings = settings
         self.log = log
         self.name = name
         # With beat inside (`-B`): the sweeps and purges a deployment's beat would send.
         self.beat = beat
+        # The webhooks process of the Procfile instead: deliveries, on threads.
+        self.webhooks = webhooks
         self.process: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
         celery = str(Path(sys.executable).parent / "celery")
+        if self.webhooks:
+            pool = [
+                "--pool",
+                "threads",
+                "--concurrency",
+                "4",
+                "--queues",
+                self.settings.webhooks_queue,
+            ]
+        else:
+            pool = [
+                "--concurrency",
+                "2",
+                "--queues",
+                f"{self.settings.queue},{self.settings.housekeeping_queue}",
+            ]
         command = [
-            celery, "-A", "worker.main", "worker", "--loglevel", "INFO",
-            "--concurrency", "2",
-            "--queues", f"{self.settings.queue},{self.settings.housekeeping_queue}",
+            celery, "-A", "worker.main", "worker", "--loglevel", "INFO", *pool,
             "--hostname", f"{self.name}@%h", "--without-gossip", "--without-mingle",
         ]  # fmt: skip
         if self.beat:
@@ -129,9 +153,10 @@ def worker_factory(run_id: str) -> Iterator[Callable[[Settings], WorkerProcess]]
     """Starts a worker of its own for these settings' queue; all are stopped after the test."""
     started: list[WorkerProcess] = []
 
-    def start(settings: Settings, *, beat: bool = False) -> WorkerProcess:
+    def start(settings: Settings, *, beat: bool = False, webhooks: bool = False) -> WorkerProcess:
         name = f"worker{len(started)}-{run_id}"
-        process = WorkerProcess(settings, settings.data_dir / f"{name}.log", name, beat=beat)
+        log = settings.data_dir / f"{name}.log"
+        process = WorkerProcess(settings, log, name, beat=beat, webhooks=webhooks)
         started.append(process)
         process.start()
         return process

@@ -21,6 +21,7 @@ Nothing happens at import time: servers are started by :func:`start_embedded` or
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import logging
@@ -172,8 +173,8 @@ def embedded_settings(settings: Settings) -> Iterator[Settings]:
     """Yield settings with usable URLs, running the embedded servers when none are configured.
 
     In embedded mode (no DATABASE_URL and no BROKER_URL) the servers in ``settings.data_dir``
-    are started or attached to, and on exit stopped if this call owns them. Otherwise the
-    settings are yielded unchanged and nothing is started.
+    are started or attached to, and on exit stopped if this call owns them; webhooks may then
+    target this machine. Otherwise the settings are yielded unchanged and nothing is started.
     """
     if not settings.embedded:
         yield settings
@@ -185,7 +186,9 @@ def embedded_settings(settings: Settings) -> Iterator[Settings]:
         servers.data_dir,
     )
     try:
-        yield settings.with_urls(servers.database_url, servers.broker_url)
+        # Embedded means this machine, for development: a receiver on it is a fair target.
+        local = dataclasses.replace(settings, webhook_allow_private=True)
+        yield local.with_urls(servers.database_url, servers.broker_url)
     finally:
         servers.stop()
 

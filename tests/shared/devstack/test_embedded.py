@@ -226,6 +226,8 @@ def test_embedded_settings_starts_attaches_and_stops(data_dir: Path) -> None:
         assert outer.database_url is not None and outer.broker_url is not None
         assert outer.broker_url.startswith("redis+socket://")
         assert outer.data_dir == settings.data_dir
+        # A receiver on this machine is a fair webhook target in development.
+        assert outer.webhook_allow_private and not settings.webhook_allow_private
         with embedded_settings(settings) as inner:  # like `timebatch demo load` next to `run`
             assert (inner.database_url, inner.broker_url) == (
                 outer.database_url,

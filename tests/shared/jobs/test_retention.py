@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 
 from shared.domain import documents
 from shared.domain.tokens import Principal
-from shared.jobs.retention import purge_expired_jobs
+from shared.jobs.retention import purge_ended_deliveries, purge_expired_jobs
 from shared.settings import Settings, SettingsError
-from shared.store.models import Job
+from shared.store.models import Job, Webhook, WebhookDelivery
 from tests.factories import create_resource, queue_job
 
 MEMBER = Principal(person_id=7781, organization_id=2110, read_only=False)
@@ -86,3 +86,28 @@ def test_the_period_is_a_setting() -> None:
     for bad in ("0", "a week"):
         with pytest.raises(SettingsError, match="TIMEBATCH_RETENTION_DAYS"):
             Settings.from_env(urls | {"TIMEBATCH_RETENTION_DAYS": bad})
+
+
+def test_only_ended_deliveries_past_the_period_are_deleted(session: Session) -> None:
+    hook = Webhook(
+        organization_id=2110, url="https://hooks.example/", events=["job.failed"], secret="whsec_x"
+    )
+    session.add(hook)
+    session.flush()
+    made = job(session, "succeeded", 30)
+    for status, days in [("delivered", 30), ("failed", 30), ("pending", 30), ("delivered", 1)]:
+        delivery = WebhookDelivery(
+            webhook_id=hook.id,
+            job_id=made.id,
+            event="job.succeeded",
+            message_id=f"msg_{status}_{days}",
+            payload=b"{}",
+            status=status,
+            created_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=days),
+        )
+        session.add(delivery)
+    session.flush()
+
+    assert purge_ended_deliveries(session, retention_days=7) == 2
+    left = set(session.scalars(select(WebhookDelivery.message_id)))
+    assert left == {"msg_pending_30", "msg_delivered_1"}

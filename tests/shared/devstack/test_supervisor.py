@@ -118,21 +118,34 @@ def ready_pids(lines: list[str]) -> dict[str, list[int]]:
 
 def test_stack_commands_are_the_procfiles_with_the_settings(tmp_path: Path) -> None:
     base = settings(
-        tmp_path, port=8123, web_concurrency=3, worker_concurrency=4, flower_basic_auth="a:b,c:d"
+        tmp_path,
+        port=8123,
+        web_concurrency=3,
+        worker_concurrency=4,
+        webhook_concurrency=5,
+        flower_basic_auth="a:b,c:d",
     )
     commands = supervisor.stack_commands(base)
-    assert list(commands) == ["web", "worker", "beat", "flower"]  # release runs before
+    assert list(commands) == ["web", "worker", "webhooks", "beat", "flower"]  # release before
     programs = {name: Path(argv[0]).name for name, argv in commands.items()}
-    assert programs == {"web": "gunicorn", "worker": "celery", "beat": "celery", "flower": "env"}
+    assert programs == {
+        "web": "gunicorn",
+        "worker": "celery",
+        "webhooks": "celery",
+        "beat": "celery",
+        "flower": "env",
+    }
     for argv in commands.values():
         if (Path(PYTHON).parent / Path(argv[0]).name).exists():
             assert argv[0] == str(Path(PYTHON).parent / Path(argv[0]).name)
     args = {name: shlex.join(argv[1:]) for name, argv in commands.items()}
     assert args == {
-        "web": "--bind 0.0.0.0:8123 --workers 3 --worker-class gthread --threads 8"
+        "web": "--bind 0.0.0.0:8123 --workers 3 --worker-class gthread"
         " --timeout 120 --config python:api.gunicorn_config api.wsgi:app",
         "worker": "-A worker.main worker --loglevel INFO --concurrency 4"
         " --queues q-test,q-test.housekeeping",
+        "webhooks": "-A worker.main worker --hostname webhooks@%h --loglevel INFO --pool threads"
+        " --concurrency 5 --queues q-test.webhooks",
         "beat": "-A worker.main beat --loglevel INFO",
         "flower": "-u PROMETHEUS_MULTIPROC_DIR celery -A worker.main flower --address=0.0.0.0"
         " --port=5555 --basic-auth=a:b,c:d",

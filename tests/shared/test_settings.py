@@ -50,6 +50,9 @@ def test_plain_postgresql_scheme_gets_the_psycopg_driver() -> None:
         (URLS | {"FLOWER_BASIC_AUTH": "changeme"}, "placeholder"),
         (URLS | {"DATABASE_URL": "<your database url>"}, "placeholder"),
         (URLS | {"TIMEBATCH_QUEUE": "a b"}, "TIMEBATCH_QUEUE"),
+        (URLS | {"TIMEBATCH_WEBHOOK_RETRY_SCHEDULE": "5,soon"}, "comma-separated seconds"),
+        (URLS | {"TIMEBATCH_WEBHOOK_RETRY_SCHEDULE": "5,-1"}, "between 0 and a week"),
+        (URLS | {"TIMEBATCH_WEBHOOK_ALLOW_PRIVATE": "perhaps"}, "must be a boolean"),
     ],
 )
 def test_bad_values_fail_clearly(env: dict[str, str], message: str) -> None:
@@ -60,3 +63,28 @@ def test_bad_values_fail_clearly(env: dict[str, str], message: str) -> None:
 def test_as_env_round_trips() -> None:
     settings = Settings.from_env(URLS | {"WORKER_CONCURRENCY": "7", "FLOWER_BASIC_AUTH": "a:b"})
     assert Settings.from_env(settings.as_env()) == settings
+
+
+def test_webhook_and_stream_settings() -> None:
+    defaults = Settings.from_env(URLS)
+    assert defaults.webhook_retry_schedule == (
+        5,
+        300,
+        1800,
+        7200,
+        18000,
+        36000,
+        50400,
+        72000,
+        86400,
+    )
+    assert (defaults.webhook_timeout, defaults.webhook_allow_private) == (15, False)
+    assert defaults.webhooks_queue == "timebatch.webhooks"
+    # gunicorn's threads: every stream and waiter of a full process, and some to spare.
+    assert defaults.web_threads == defaults.stream_capacity + defaults.wait_capacity + 8
+    tuned = Settings.from_env(
+        URLS
+        | {"TIMEBATCH_WEBHOOK_RETRY_SCHEDULE": " 0.5,2 ", "TIMEBATCH_WEBHOOK_ALLOW_PRIVATE": "1"}
+    )
+    assert (tuned.webhook_retry_schedule, tuned.webhook_allow_private) == ((0.5, 2.0), True)
+    assert Settings.from_env(tuned.as_env()) == tuned

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -120,8 +121,10 @@ def publish_job(app: Celery, job_id: str, rank: int) -> None:
 def publish_deliveries(app: Celery, delivery_ids: Iterable[int], countdown: float = 0) -> None:
     """Send webhook delivery ids to the webhooks queue. Call after their rows are committed;
     a lost message is sent again by the sweeper."""
+    # Whole seconds: RabbitMQ's native delayed delivery (quorum queues) routes by them.
+    delay = math.ceil(countdown) or None
     for delivery_id in delivery_ids:
-        app.send_task(DELIVER_WEBHOOK, args=[delivery_id], countdown=countdown or None, retry=False)
+        app.send_task(DELIVER_WEBHOOK, args=[delivery_id], countdown=delay, retry=False)
 
 
 def queue_depth(app: Celery, queue: str) -> int:

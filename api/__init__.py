@@ -14,13 +14,13 @@ from api.context import AppServices, Publisher, close_db
 from api.errors import register_error_handlers
 from api.limits import refuse_oversized
 from api.telemetry import bind_principal, register_telemetry
-from api.views import bulk, health, jobs, meta, reading
+from api.views import bulk, health, jobs, meta, reading, webhooks
 from shared.jobs.queue import create_celery, publish_deliveries, publish_job, queue_depth
 from shared.ops import metrics
 from shared.ops.logs import configure_logging
 from shared.settings import Settings
 from shared.store.engine import make_engine, make_session_factory
-from shared.store.notify import FinishListener
+from shared.store.notify import JobListener
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,9 @@ def create_app(
         publish_deliveries=publish_deliveries_or_defer,
         broker_ping=broker_ping,
         queue_depth=lambda: queue_depth(celery, settings.queue),
-        finish_listener=FinishListener(settings.sqlalchemy_url, settings.wait_capacity),
+        listener=JobListener(
+            settings.sqlalchemy_url, settings.wait_capacity, settings.stream_capacity
+        ),
     )
     app.teardown_appcontext(close_db)
     register_error_handlers(app)
@@ -86,6 +88,7 @@ def create_app(
     api_v2.register_blueprint(bulk.blueprint)
     api_v2.register_blueprint(jobs.blueprint)
     api_v2.register_blueprint(reading.blueprint)
+    api_v2.register_blueprint(webhooks.blueprint)
     app.register_blueprint(api_v2)
     app.register_blueprint(health.blueprint)
     # Outside api_v2's authentication: scrapers and API clients' generators read these.

@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import Settings
-from shared.store.notify import FinishListener
+from shared.store.notify import JobListener
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class AppServices:
     publish_deliveries: DeliveryPublisher
     broker_ping: Callable[[], None]
     queue_depth: Callable[[], int]
-    finish_listener: FinishListener
+    listener: JobListener
 
 
 def services() -> AppServices:

@@ -25,7 +25,7 @@ from shared.domain.limits import ID_PATTERN, MAX_MINUTES
 from shared.jsonapi.errors import MEDIA_TYPE
 from shared.jsonapi.render import RELATIONSHIPS
 from shared.store.columns import COST_COLUMNS, REFERENCE_NAMED
-from shared.store.models import JobStatus, Operation
+from shared.store.models import DeliveryStatus, JobStatus, Operation, WebhookEvent
 from shared.store.queries import (
     DEFAULT_PAGE_SIZE,
     ENTRY_SORTS,
@@ -33,6 +33,8 @@ from shared.store.queries import (
     JOB_SORTS,
     MAX_PAGE_SIZE,
 )
+from shared.webhooks.endpoints import SECRET_BYTES, SECRET_PREFIX, URL_PATTERN
+from shared.webhooks.targets import MAX_URL_LENGTH
 
 Schema = dict[str, Any]
 
@@ -224,6 +226,125 @@ def _job() -> Schema:
     )
 
 
+def _webhook(*, secret: bool) -> Schema:
+    properties: Schema = {
+        "url": _text(),
+        "events": ref("WebhookEvents"),
+        "enabled": {"type": "boolean"},
+        "created_at": TIMESTAMP,
+        "updated_at": TIMESTAMP,
+    }
+    if secret:
+        # Base64 of SECRET_BYTES bytes, padded: what the Standard Webhooks libraries take.
+        encoded = -(-SECRET_BYTES // 3) * 4
+        padding = "=" * (-SECRET_BYTES % 3)
+        body = encoded - len(padding)
+        properties["secret"] = _text(
+            pattern=f"^{SECRET_PREFIX}[A-Za-z0-9+/]{{{body}}}{padding}$",
+            description="the signing key; shown in this answer only",
+        )
+    return _object(
+        {
+            "id": RESOURCE_ID,
+            "type": {"const": "webhooks"},
+            "attributes": _object(properties, tuple(properties)),
+            "links": _object({"self": _text()}, ("self",)),
+        },
+        ("id", "type", "attributes", "links"),
+    )
+
+
+def _webhook_request(*, creating: bool) -> Schema:
+    """The body of a POST (no id, url required) or of a PATCH (the path's id, any attribute)."""
+    attributes = _object(
+        {
+            "url": _text(
+                maxLength=MAX_URL_LENGTH,
+                pattern=URL_PATTERN,
+                description=(
+                    "https (or http where TIMEBATCH_WEBHOOK_ALLOW_PRIVATE=1); a host that"
+                    " resolves to a loopback, private, link-local, multicast or otherwise"
+                    " internal address is refused (422, `Target refused`) unless private targets"
+                    " are allowed"
+                ),
+            ),
+            "events": ref("WebhookEvents"),
+            "enabled": {"type": "boolean", "description": "default true"},
+        },
+        ("url",) if creating else (),
+    )
+    resource: Schema = {
+        "type": {"const": "webhooks"},
+        "attributes": attributes,
+        "meta": _object({}, closed=False),
+    }
+    required: tuple[str, ...] = ("type", "attributes")
+    if not creating:
+        resource["id"] = _text(description="the id in the path, as a string (else 409)")
+        required = ("type", "id")
+    return _object(
+        {"data": _object(resource, required), "meta": _object({}, closed=False)}, ("data",)
+    )
+
+
+def _delivery() -> Schema:
+    properties: Schema = {
+        "event": {"enum": list(WebhookEvent)},
+        "job_id": _text(format="uuid"),
+        "message_id": _text(description="the webhook-id header the receiver sees"),
+        "status": {"enum": list(DeliveryStatus)},
+        "attempts": _integer(minimum=0),
+        "last_response_status": nullable(_integer()),
+        "last_error": nullable(_text()),
+        "next_attempt_at": nullable(TIMESTAMP),
+        "delivered_at": nullable(TIMESTAMP),
+        "created_at": TIMESTAMP,
+    }
+    return _object(
+        {
+            "id": RESOURCE_ID,
+            "type": {"const": "webhook_deliveries"},
+            "attributes": _object(properties, tuple(properties)),
+        },
+        ("id", "type", "attributes"),
+    )
+
+
+def _job_event() -> Schema:
+    """One event of a job's stream, as a client's SSE parser reads it; OpenAPI 3.1 has
+    `schema` of text/event-stream describe each event."""
+    progress = _object(
+        {
+            "status": {"enum": list(JobStatus)},
+            "processed": _integer(minimum=0),
+            "total": _integer(minimum=0),
+        },
+        ("status", "processed", "total"),
+    )
+    finished = _object(
+        {
+            "status": {"enum": list(JobStatus)},
+            "result_status": nullable(_integer()),
+            "links": _object({"result": nullable(_text())}, ("result",)),
+        },
+        ("status", "result_status", "links"),
+    )
+    return _object(
+        {
+            "event": {"enum": ["progress", "finished"]},
+            "data": _text(
+                contentMediaType="application/json",
+                contentSchema={"oneOf": [progress, finished]},
+                description="JSON: {status, processed, total} for progress; {status,"
+                " result_status, links: {result}} for the final finished event",
+            ),
+            "id": _text(description="send it back as Last-Event-ID to resume after it"),
+            "retry": _integer(minimum=0),
+        },
+        ("event", "data", "id"),
+    )
+
+
 def _document(data: Schema, *, included: bool = False, paged: bool = False) -> Schema:
     properties: Schema = {"data": data, "meta": _object({}, closed=False)}
     required = ["data", "meta"]
@@ -301,6 +422,25 @@ def schemas(max_batch_size: int | None = None) -> Schema:
         "ServiceDocument": _document(ref("Service")),
         "TaskCollection": _document({"type": "array", "items": ref("Task")}, paged=True),
         "TaskDocument": _document(ref("Task")),
+        "WebhookEvents": {
+            "type": "array",
+            "items": {"enum": list(WebhookEvent)},
+            "minItems": 1,
+            "uniqueItems": True,
+            "description": f"default all of {', '.join(WebhookEvent)}",
+        },
+        "Webhook": _webhook(secret=False),
+        "CreatedWebhook": _webhook(secret=True),
+        "WebhookDocument": _document(ref("Webhook")),
+        "CreatedWebhookDocument": _document(ref("CreatedWebhook")),
+        "WebhookCollection": _document({"type": "array", "items": ref("Webhook")}, paged=True),
+        "WebhookCreateDocument": _webhook_request(creating=True),
+        "WebhookUpdateDocument": _webhook_request(creating=False),
+        "WebhookDelivery": _delivery(),
+        "WebhookDeliveryCollection": _document(
+            {"type": "array", "items": ref("WebhookDelivery")}, paged=True
+        ),
+        "JobEvent": _job_event(),
         "PageMeta": _object(
             {
                 "current_page": _integer(minimum=1),
@@ -345,6 +485,15 @@ def parameters() -> Schema:
             "schema": _text(format="uuid"),
         },
         "ResourceId": {"name": "id", "in": "path", "required": True, "schema": RESOURCE_ID},
+        "LastEventId": {
+            "name": "Last-Event-ID",
+            "in": "header",
+            "schema": _text(),
+            "description": (
+                "the id of the last event received: the stream resumes after it; when it is"
+                " the finished event's, there is nothing more to send (204)"
+            ),
+        },
         "RequestId": {
             "name": REQUEST_ID,
             "in": "header",
@@ -669,6 +818,8 @@ def paths() -> Schema:
             }
         },
     }
+    found["/api/v2/jobs/{job_id}/events"] = _job_events(job)
+    found |= _webhooks()
     for plural, singular, name in (
         ("people", "person", "Person"),
         ("services", "service", "Service"),
@@ -695,6 +846,132 @@ def paths() -> Schema:
         }
     found |= _outside_api()
     return dict(sorted(found.items()))
+
+
+WEBHOOK_ERRORS = (*AUTHENTICATED, 400)
+WEBHOOK_BODY_ERRORS = (*WEBHOOK_ERRORS, 409, 413, 415, 422)
+
+
+def _webhook_body_answers() -> dict[int, Schema]:
+    """The refusals of a body that differ from the bulk submissions'."""
+    return {
+        409: _json_api(
+            ref("ErrorDocument"), "A resource of another type, or an id other than the path's"
+        ),
+        415: _json_api(ref("ErrorDocument"), f"The body must be sent as {MEDIA_TYPE}"),
+    }
+
+
+def _webhooks() -> Schema:
+    """Managers' and admins' only (403 for anyone else, reads too), per organization."""
+    one = [ref("ResourceId", "parameters"), ref("RequestId", "parameters")]
+    paging = [ref("PageNumber", "parameters"), ref("PageSize", "parameters")]
+
+    def operation(name: str, summary: str, parameters: list[Schema], answers: dict[int, Schema],
+                  errors: tuple[int, ...], body: str | None = None) -> Schema:  # fmt: skip
+        found: Schema = {
+            "tags": ["webhooks"],
+            "operationId": name,
+            "summary": summary,
+            "parameters": parameters,
+        }
+        if body is not None:
+            found["requestBody"] = {
+                "required": True,
+                "content": {MEDIA_TYPE: {"schema": ref(body)}},
+            }
+            answers = _webhook_body_answers() | answers
+        found["responses"] = _responses(answers, errors)
+        return found
+
+    return {
+        "/api/v2/webhooks": {
+            "get": operation(
+                "listWebhooks",
+                "List your organization's webhook endpoints, oldest first",
+                [*paging, ref("RequestId", "parameters")],
+                {200: _json_api(ref("WebhookCollection"), "OK")},
+                WEBHOOK_ERRORS,
+            ),
+            "post": operation(
+                "createWebhook",
+                "Register an endpoint; the answer holds its secret, shown this once",
+                [ref("RequestId", "parameters")],
+                {201: _json_api(ref("CreatedWebhookDocument"), "Created", "Location")},
+                WEBHOOK_BODY_ERRORS,
+                "WebhookCreateDocument",
+            ),
+        },
+        "/api/v2/webhooks/{id}": {
+            "get": operation(
+                "showWebhook",
+                "Show a webhook endpoint",
+                one,
+                {200: _json_api(ref("WebhookDocument"), "OK")},
+                (*WEBHOOK_ERRORS, 404),
+            ),
+            "patch": operation(
+                "updateWebhook",
+                "Change an endpoint's url, events or enabled",
+                one,
+                {200: _json_api(ref("WebhookDocument"), "Updated")},
+                (*WEBHOOK_BODY_ERRORS, 404),
+                "WebhookUpdateDocument",
+            ),
+            "delete": operation(
+                "deleteWebhook",
+                "Delete an endpoint and its deliveries",
+                one,
+                {204: _no_content("Deleted")},
+                (*WEBHOOK_ERRORS, 404),
+            ),
+        },
+        "/api/v2/webhooks/{id}/deliveries": {
+            "get": operation(
+                "listWebhookDeliveries",
+                "An endpoint's deliveries, newest first",
+                [ref("ResourceId", "parameters"), *paging, ref("RequestId", "parameters")],
+                {200: _json_api(ref("WebhookDeliveryCollection"), "OK")},
+                (*WEBHOOK_ERRORS, 404),
+            ),
+        },
+    }
+
+
+def _job_events(job: list[Schema]) -> Schema:
+    stream = {
+        "description": "The job's events, each with an id; the stream ends after `finished`",
+        "headers": _headers(),
+        "content": {"text/event-stream": {"schema": ref("JobEvent")}},
+    }
+    return {
+        "get": {
+            "tags": ["jobs"],
+            "operationId": "streamJobEvents",
+            "summary": "Follow a job as Server-Sent Events until it ends",
+            "description": (
+                "Accept, when sent, must allow text/event-stream (406 otherwise). Events"
+                " `progress` while the job runs, then one final `finished` (id `finished`),"
+                " after which the stream ends; `Last-Event-ID` resumes after that event. 503"
+                " with Retry-After when this process follows as many streams as it can."
+            ),
+            "parameters": [*job, ref("LastEventId", "parameters")],
+            "responses": _responses(
+                {
+                    200: stream,
+                    204: _no_content("Last-Event-ID is the finished event's: nothing to send"),
+                    406: _json_api(ref("ErrorDocument"), "Accept does not allow text/event-stream"),
+                    503: _json_api(
+                        ref("ErrorDocument"),
+                        "The database is unavailable, or this process follows as many streams"
+                        " as it can; retry after Retry-After seconds",
+                        "Retry-After",
+                    ),
+                },
+                (*AUTHENTICATED, 400, 404),
+            ),
+        }
+    }
 
 
 def _outside_api() -> Schema:
@@ -770,6 +1047,10 @@ def document(max_batch_size: int | None = None) -> Schema:
             {"name": "bulk", "description": "Bulk submissions, each accepted as a job"},
             {"name": "jobs", "description": "Jobs and their results"},
             {"name": "reading", "description": "Time entries, people, services and tasks"},
+            {
+                "name": "webhooks",
+                "description": "Endpoints told of your jobs' ends, and their deliveries",
+            },
             {"name": "operations", "description": "Health, metrics and this document"},
         ],
         "paths": paths(),

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 
-from bench import fairness
+from bench import fairness, streams
 from bench.client import Client, Outcome, clock_offset
 from bench.documents import ADMIN, MEMBER, ORGANIZATION, create_body, refs_body, update_body
 from bench.floor import Floor
@@ -135,6 +135,7 @@ class Bench:
         self.admin = Client.headers(stack.tokens[ADMIN], ORGANIZATION)
         self.naive_rate: float | None = None
         self.scenario: fairness.Scenario | None = None
+        self.streams: streams.Scenario | None = None
 
     # ----------------------------------------------------------------------------- helpers
 
@@ -436,6 +437,8 @@ class Bench:
         )
         if self.scenario is not None:
             found.extend(self.scenario.ratios())
+        if self.streams is not None:
+            found.extend(self.streams.ratios())
         return found
 
     def floor_breakdown(self) -> list[str]:
@@ -485,6 +488,7 @@ def render(bench: Bench, env: dict[str, Any]) -> str:
         "",
         *bench.floor_breakdown(),
         *(bench.scenario.lines() if bench.scenario is not None else ()),
+        *(bench.streams.lines() if bench.streams is not None else ()),
         "",
         "ratios (same run, same database):",
         *(r.line() for r in bench.ratios()),
@@ -517,6 +521,7 @@ def write_json(bench: Bench, env: dict[str, Any], started: dt.datetime) -> Path:
         "rows": [row.as_json() for row in bench.ordered_rows()],
         "ratios": [r.as_json() for r in bench.ratios()],
         "notes": bench.notes,
+        "streams": bench.streams,
     }
     path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     return path
@@ -584,6 +589,11 @@ def _run(args: argparse.Namespace, base: Settings, started: dt.datetime) -> int:
             with last_output_on_error(service):
                 scenario = fairness.run(service, say)
             bench.scenario = scenario
+        with ExitStack() as held:
+            say("starting a stack for the event-streams scenario ...")
+            streaming = streams.open_streams_stack(base, workdir / "streams", held)
+            with last_output_on_error(streaming):
+                bench.streams = streams.run(streaming, say)
         print(render(bench, env), flush=True)
         path = write_json(bench, env, started)
         print(

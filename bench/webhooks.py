@@ -12,10 +12,8 @@ process to the same receiver, what a delivery costs with no queue, claim or reco
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import datetime as dt
-import secrets
 import statistics
 import sys
 import tempfile
@@ -39,6 +37,7 @@ from bench.report import Ratio, ratio
 from bench.stack import Stack, child_env, free_port, open_stack, start_child, wait_log
 from shared.devstack.supervisor import stack_commands
 from shared.settings import Settings
+from shared.webhooks.endpoints import new_secret
 
 JOBS = 200
 BULK = "application/vnd.api+json; ext=bulk"
@@ -134,7 +133,7 @@ def open_webhooks_stack(base: Settings, workdir: Path, stack: ExitStack) -> Stac
 
 
 def run(parts: Stack, receiver: Receiver) -> Scenario:
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    secret = new_secret()
     with parts.engine.begin() as connection:
         connection.execute(
             text(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import uuid
 from typing import Any
 
 import orjson
@@ -21,6 +22,8 @@ from shared.store.models import (
     Service,
     Task,
     TimeEntry,
+    Webhook,
+    WebhookDelivery,
 )
 
 _ids = itertools.count(900_000)
@@ -92,6 +95,30 @@ class Factories:
         return self._add(  # type: ignore[no-any-return]
             ApprovalStatus(time_entry_id=entry.id, approver_id=approver_id, **values)
         )
+
+    def webhook(self, organization_id: int = 2110, **values: Any) -> Webhook:
+        values = {
+            "organization_id": organization_id,
+            "url": "https://hooks.example.com/timebatch",
+            "events": ["job.succeeded", "job.failed", "job.canceled"],
+            "secret": "whsec_" + "A" * 43 + "=",
+        } | values
+        webhook = self._add(Webhook(**values))
+        # The server's defaults (enabled, timestamps), as a read would see them.
+        self.session.refresh(webhook)
+        return webhook  # type: ignore[no-any-return]
+
+    def delivery(self, webhook: Webhook, job: Job, **values: Any) -> WebhookDelivery:
+        values = {
+            "webhook_id": webhook.id,
+            "job_id": job.id,
+            "event": "job.succeeded",
+            "message_id": f"msg_{uuid.uuid4().hex}",
+            "payload": b"{}",
+        } | values
+        delivery = self._add(WebhookDelivery(**values))
+        self.session.refresh(delivery)
+        return delivery  # type: ignore[no-any-return]
 
 
 def create_resource(**attributes: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from api.auth import principal
 from api.context import db, services
 from api.listing import list_query, no_query, one_of, page_response
 from api.negotiation import preferred_wait, require_acceptable
+from api.views.events import require_event_stream, stream_response
 from shared.jobs.submit import cancel_job, find_job, unknown_job
 from shared.jsonapi.errors import CONTENT_TYPE, ApiError, encode
 from shared.store.models import (
@@ -117,7 +118,7 @@ def wait_for(job: Job, seconds: int) -> Job:
         return job
     deadline = time.monotonic() + seconds
     session = db()
-    with services().finish_listener.waiting(str(job.id)) as finished:
+    with services().listener.waiting(str(job.id)) as finished:
         if finished is None:
             return job
         while True:
@@ -201,6 +202,21 @@ def result(job_id: str) -> Response:
         )
         raise ApiError.one(409, "Job not finished", detail)
     return result_response(job)
+
+
+@blueprint.get("/jobs/<job_id>/events")
+def events(job_id: str) -> Response:
+    """The job's progress and end as Server-Sent Events (api/views/events.py)."""
+    require_event_stream(request)
+    no_query(request.args)
+    job = _job_or_404(job_id)
+    return stream_response(
+        job,
+        # Checked again while the stream is open: a revoked token stops seeing the job.
+        token=request.headers.get("X-Auth-Token", "").strip(),
+        organization_id=principal().organization_id,
+        result_link=url_for(RESULT, job_id=str(job.id)),
+    )
 
 
 @blueprint.delete("/jobs/<job_id>")

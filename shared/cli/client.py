@@ -1,9 +1,10 @@
 """The command-line client: submit a bulk file and follow its job; list and show jobs.
 
 It speaks HTTP only (no database), so it works against any timebatch, local or remote:
-submit answers 202 and a job, the job is polled (Retry-After, but at least every half
-second) until it answers 303, and the result it points to is what the synchronous API
-would have answered.
+submit answers 202 and a job, the job's event stream is followed until it says the job
+finished (or, when the server refuses the stream or it breaks, the job is polled:
+Retry-After, but at least every half second) until it answers 303, and the result it points
+to is what the synchronous API would have answered.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from urllib.parse import urljoin
 import click
 import orjson
 import requests
+import sseclient
 from tqdm import tqdm
 
 from shared.store.models import JobStatus, Operation
@@ -43,6 +45,12 @@ PAST = {
 }
 MAX_POLL_INTERVAL = 0.5
 TIMEOUT = 60.0
+EVENT_STREAM = "text/event-stream"
+# The server breaks 15 s of silence with a comment: this long without a byte, it is gone.
+STREAM_READ_TIMEOUT = 60.0
+# A stream the server ended without `finished` (its lifetime) is followed again from its last
+# event; one that ended this soon is not working, and the job is polled instead.
+MIN_STREAM_LIFE = 1.0
 
 Progress = Callable[[int, int], None]
 
@@ -125,7 +133,10 @@ class ApiClient:
             return self.request(method, location, data=body, headers=headers)
 
     def follow(self, job_location: str, progress: Progress) -> Outcome:
-        """Poll the job until it finishes and fetch its result, reporting its progress."""
+        """Follow the job until it finishes and fetch its result, reporting its progress: from
+        its event stream while there is one, then by polling, which a finished job answers
+        at once with its result."""
+        self.stream(job_location, progress)
         while True:
             answer = self.request("GET", job_location)
             if answer.status == 303:
@@ -137,6 +148,43 @@ class ApiClient:
             if attributes["status"] == JobStatus.CANCELED:
                 return Outcome(answer, canceled=True)
             self.sleep(poll_interval(answer.headers.get("Retry-After")))
+
+    def stream(self, job_location: str, progress: Progress) -> bool:
+        """Report the job's progress from its event stream until it finishes; False when the
+        stream is refused (503 when the server is full, 404 or 406 from an older one) or
+        breaks, and the job must be polled."""
+        last_event_id: str | None = None
+        while True:
+            opened = time.monotonic()
+            headers = {"Accept": EVENT_STREAM}
+            if last_event_id is not None:
+                headers["Last-Event-ID"] = last_event_id
+            try:
+                with self.http.get(
+                    self.absolute(f"{job_location}/events"),
+                    headers=headers,
+                    stream=True,
+                    allow_redirects=False,
+                    timeout=(TIMEOUT, STREAM_READ_TIMEOUT),
+                ) as response:
+                    if response.status_code == 204:
+                        return True  # the end was already seen
+                    media = response.headers.get("Content-Type", "")
+                    if response.status_code != 200 or not media.startswith(EVENT_STREAM):
+                        return False
+                    # chunk_size=None: each piece as it arrives, not once 128 bytes are in.
+                    source = response.iter_content(chunk_size=None)
+                    for event in sseclient.SSEClient(source).events():
+                        last_event_id = event.id or last_event_id
+                        data = orjson.loads(event.data)
+                        if event.event == "progress":
+                            progress(data["processed"], data["total"])
+                        elif event.event == "finished":
+                            return True
+            except (requests.RequestException, orjson.JSONDecodeError, KeyError, TypeError):
+                return False
+            if time.monotonic() - opened < MIN_STREAM_LIFE:
+                return False
 
     def jobs(self, params: dict[str, str]) -> Answer:
         return self.request("GET", "/api/v2/jobs", params=params)

@@ -19,6 +19,7 @@ from shared.jobs.fairness import admit, load_of, lock_organization
 from shared.jsonapi.errors import ApiError
 from shared.settings import Settings
 from shared.store.models import Job, JobStatus, Operation
+from shared.store.notify import notify_finished
 from shared.webhooks.outbox import record_job_event
 
 
@@ -106,6 +107,8 @@ def cancel_job(session: Session, job: Job) -> bool:
     ).scalar_one_or_none()
     if canceled is None:
         return False
+    # Waiters and event streams of the job learn of its end as they would of a worker's.
+    notify_finished(session, str(job.id))
     record_job_event(
         session,
         job.id,

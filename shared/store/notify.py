@@ -1,26 +1,32 @@
-"""Job-finished notifications through PostgreSQL LISTEN/NOTIFY.
+"""Job notifications through PostgreSQL LISTEN/NOTIFY: a job finished, a job moved.
 
-The worker notifies inside the transaction that finishes the job, so the notification is
-delivered exactly when the result becomes visible; a web request waiting on `Prefer: wait`
-wakes at that moment instead of polling.
+The worker notifies inside the transaction that changes the job, so a notification is
+delivered exactly when the change becomes visible: a web request waiting on `Prefer: wait`
+wakes at that moment instead of polling, and an event stream sends the change as it is.
 
 A web process listens on one connection of its own, whatever the number of its waiting
-requests, and lets only so many wait at once: a waiter holds a thread, and a process whose
-threads all wait could not answer a health check.
+requests and open streams, and lets only so many of each at once: each holds a thread, and
+a process whose threads all wait could not answer a health check.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from types import TracebackType
 
 import psycopg
-from sqlalchemy import make_url, text
+from sqlalchemy import Connection, make_url, text
 from sqlalchemy.orm import Session
 
+# Payload: the job id; sent in the transaction that ends the job.
 CHANNEL = "timebatch_jobs"
+# Payload: "<job id> <status> <processed> <total>", all a stream needs to send the change.
+PROGRESS_CHANNEL = "timebatch_job_progress"
 RECONNECT_DELAY = 1.0
 
 logger = logging.getLogger(__name__)
@@ -30,15 +36,115 @@ def notify_finished(session: Session, job_id: str) -> None:
     session.execute(text("SELECT pg_notify(:channel, :job)"), {"channel": CHANNEL, "job": job_id})
 
 
-class FinishListener:
-    """The process's LISTEN connection, shared by every request that waits for a job."""
+def notify_progress(
+    connection: Connection | Session,
+    job_id: uuid.UUID | str,
+    status: str,
+    processed: int,
+    total: int,
+) -> None:
+    payload = f"{job_id} {status} {processed} {total}"
+    connection.execute(
+        text("SELECT pg_notify(:channel, :payload)"),
+        {"channel": PROGRESS_CHANNEL, "payload": payload},
+    )
 
-    def __init__(self, database_url: str, capacity: int) -> None:
+
+@dataclass(frozen=True)
+class JobProgress:
+    status: str
+    processed: int
+    total: int
+
+
+def parse_progress(payload: str) -> tuple[str, JobProgress] | None:
+    """The job id and its progress; None for a payload this version does not know."""
+    parts = payload.split(" ")
+    if len(parts) != 4 or not parts[2].isdigit() or not parts[3].isdigit():
+        return None
+    job_id, status, processed, total = parts
+    return job_id, JobProgress(status, int(processed), int(total))
+
+
+@dataclass(frozen=True)
+class Notice:
+    """What a watch was told since it last looked: the latest progress only (a stream shows
+    where the job is, not every step it took), whether it finished, and whether
+    notifications may have been lost, so the job must be read again."""
+
+    progress: JobProgress | None
+    finished: bool
+    stale: bool
+
+
+class JobWatch:
+    """One event stream's subscription to its job's notifications; `close` gives its slot
+    back. Filled by the listener's thread, drained by the stream's."""
+
+    def __init__(self, listener: JobListener, job_id: str) -> None:
+        self.job_id = job_id
+        self._listener = listener
+        self._lock = threading.Lock()
+        self._signal = threading.Event()
+        self._progress: JobProgress | None = None
+        self._finished = False
+        self._stale = False
+        self._closed = False
+
+    def _tell(
+        self, *, progress: JobProgress | None = None, finished: bool = False, stale: bool = False
+    ) -> None:
+        with self._lock:
+            if progress is not None:
+                self._progress = progress
+            self._finished = self._finished or finished
+            self._stale = self._stale or stale
+            self._signal.set()
+
+    def take(self, timeout: float) -> Notice | None:
+        """What came since the last call, waiting up to `timeout` seconds; None if nothing."""
+        if not self._signal.wait(max(timeout, 0.0)):
+            return None
+        with self._lock:
+            notice = Notice(self._progress, self._finished, self._stale)
+            self._progress, self._finished, self._stale = None, False, False
+            self._signal.clear()
+        return notice
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._listener._unwatch(self)
+
+    def __enter__(self) -> JobWatch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class JobListener:
+    """The process's LISTEN connection, shared by every request that waits for a job and
+    every stream that follows one."""
+
+    def __init__(self, database_url: str, wait_capacity: int, stream_capacity: int = 0) -> None:
         url = make_url(database_url).set(drivername="postgresql")
         self._conninfo = url.render_as_string(hide_password=False)
-        self._slots = threading.BoundedSemaphore(capacity) if capacity > 0 else None
+        self._slots = _slots(wait_capacity)
+        self._stream_slots = _slots(stream_capacity)
         self._lock = threading.Lock()
         self._waiters: dict[str, set[threading.Event]] = {}
+        self._watches: dict[str, set[JobWatch]] = {}
+        # Watches made while no LISTEN was in effect: whatever was sent before it took effect
+        # never reaches them, so they read their job again once it has.
+        self._unsynced: set[JobWatch] = set()
         self._listening = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -66,10 +172,36 @@ class FinishListener:
                     self._waiters.pop(job_id, None)
             self._slots.release()
 
+    def watch(self, job_id: str) -> JobWatch | None:
+        """A subscription to the job's progress and end, to `close` when done; None when the
+        process's stream capacity is used up, and the caller should refuse at once. Read the
+        job after this returns: nothing committed from then on is missed."""
+        if self._stream_slots is None or not self._stream_slots.acquire(blocking=False):
+            return None
+        watch = JobWatch(self, job_id)
+        with self._lock:
+            self._watches.setdefault(job_id, set()).add(watch)
+            self._start()
+        if not self._listening.wait(timeout=RECONNECT_DELAY):
+            with self._lock:
+                if not self._listening.is_set():
+                    self._unsynced.add(watch)
+        return watch
+
+    def _unwatch(self, watch: JobWatch) -> None:
+        with self._lock:
+            watches = self._watches.get(watch.job_id, set())
+            watches.discard(watch)
+            if not watches:
+                self._watches.pop(watch.job_id, None)
+            self._unsynced.discard(watch)
+        assert self._stream_slots is not None
+        self._stream_slots.release()
+
     def _start(self) -> None:
         # Started on first use, in the process that serves requests (after gunicorn's fork).
         if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="finish-listener", daemon=True)
+            self._thread = threading.Thread(target=self._run, name="job-listener", daemon=True)
             self._thread.start()
 
     def _run(self) -> None:
@@ -77,21 +209,56 @@ class FinishListener:
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as connection:
                     connection.execute(f"LISTEN {CHANNEL}")
-                    self._listening.set()
+                    connection.execute(f"LISTEN {PROGRESS_CHANNEL}")
+                    self._listened()
                     for notification in connection.notifies():
-                        self._wake(notification.payload)
+                        if notification.channel == PROGRESS_CHANNEL:
+                            self._moved(notification.payload)
+                        else:
+                            self._wake(notification.payload)
             except psycopg.Error:
                 logger.warning("job notifications lost their connection; reconnecting")
-            self._listening.clear()
+            with self._lock:
+                self._listening.clear()
+                self._unsynced = {w for found in self._watches.values() for w in found}
             # Whatever was notified meanwhile is lost: every waiter reads its job again.
             self._wake(None)
             threading.Event().wait(RECONNECT_DELAY)
+
+    def _listened(self) -> None:
+        with self._lock:
+            self._listening.set()
+            unsynced, self._unsynced = self._unsynced, set()
+        for watch in unsynced:
+            watch._tell(stale=True)
+
+    def _moved(self, payload: str) -> None:
+        parsed = parse_progress(payload)
+        if parsed is None:
+            logger.warning("unknown job progress notification %r", payload[:100])
+            return
+        job_id, progress = parsed
+        with self._lock:
+            watches = list(self._watches.get(job_id, ()))
+        for watch in watches:
+            watch._tell(progress=progress)
 
     def _wake(self, job_id: str | None) -> None:
         with self._lock:
             if job_id is None:
                 events = [e for found in self._waiters.values() for e in found]
+                watches = [w for found in self._watches.values() for w in found]
             else:
                 events = list(self._waiters.get(job_id, ()))
+                watches = list(self._watches.get(job_id, ()))
         for event in events:
             event.set()
+        for watch in watches:
+            if job_id is None:
+                watch._tell(stale=True)
+            else:
+                watch._tell(finished=True)
+
+
+def _slots(capacity: int) -> threading.BoundedSemaphore | None:
+    return threading.BoundedSemaphore(capacity) if capacity > 0 else None

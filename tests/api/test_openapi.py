@@ -101,8 +101,31 @@ def conforms(response: TestResponse, method: str, path: str) -> None:
     validator = Draft202012Validator(
         {"$ref": f"{DOCUMENT_URI}#/{pointer}/schema"}, registry=REGISTRY, format_checker=formats
     )
-    errors = sorted(validator.iter_errors(orjson.loads(response.data)), key=str)
-    assert not errors, f"{method} {path} {status}: {errors[0].message[:400]}"
+    # An event stream's schema describes each event (OpenAPI 3.1 has no itemSchema).
+    values = (
+        server_sent_events(response.get_data(as_text=True))
+        if response.mimetype == "text/event-stream"
+        else [orjson.loads(response.data)]
+    )
+    for value in values:
+        errors = sorted(validator.iter_errors(value), key=str)
+        assert not errors, f"{method} {path} {status}: {errors[0].message[:400]}"
+
+
+def server_sent_events(text: str) -> list[dict[str, Any]]:
+    """The events of a stream as an SSE client reads them: those with data, comments left out."""
+    events = []
+    for block in text.split("\n\n"):
+        fields: dict[str, Any] = {}
+        for line in block.splitlines():
+            if line.startswith(":") or ":" not in line:
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            fields[name] = int(value) if name == "retry" else value
+        if "data" in fields:
+            events.append(fields)
+    return events
 
 
 # ------------------------------------------------------------------------------- document
@@ -246,6 +269,81 @@ def test_reading_answers_conform(client: FlaskClient, auth: Any) -> None:
         ("/api/v2/tasks?filter[nope]=1", "/api/v2/tasks"),
     ]:
         conforms(client.get(url, headers=headers), "GET", path)
+
+
+def test_event_stream_answers_conform(
+    app: Flask, client: FlaskClient, auth: Any, session: Session
+) -> None:
+    # The checked client takes every answer for JSON:API; a stream is not.
+    plain = FlaskClient(app, app.response_class)
+    headers = auth()
+    body = orjson.dumps({"data": [entry()]})
+    accepted = client.post(
+        "/api/v2/time_entries", data=body, headers=headers | {"Content-Type": BULK}
+    )
+    job_id = accepted.json["data"]["id"]  # type: ignore[index]
+    path = "/api/v2/jobs/{job_id}/events"
+    url = f"/api/v2/jobs/{job_id}/events"
+    job = session.get_one(Job, uuid.UUID(job_id))
+    job.status, job.result_status, job.processed = "succeeded", 201, 1
+    session.flush()
+    stream = plain.get(url, headers=headers | {"Accept": "text/event-stream"})
+    assert stream.status_code == 200
+    conforms(stream, "GET", path)
+    events = server_sent_events(stream.get_data(as_text=True))
+    assert [event["event"] for event in events] == ["finished"]
+    done = client.get(url, headers=headers | {"Last-Event-ID": events[-1]["id"]})
+    assert done.status_code == 204
+    conforms(done, "GET", path)
+    for answer in (
+        client.get(url, headers=headers | {"Accept": "application/json"}),
+        client.get(f"/api/v2/jobs/{uuid.uuid4()}/events", headers=headers),
+        client.get(f"{url}?x=1", headers=headers),
+    ):
+        assert answer.status_code in (400, 404, 406)
+        conforms(answer, "GET", path)
+
+
+def test_webhook_answers_conform(client: FlaskClient, auth: Any, session: Session) -> None:
+    headers = auth(7783)
+    write = headers | {"Content-Type": "application/vnd.api+json"}
+    one, many = "/api/v2/webhooks/{id}", "/api/v2/webhooks"
+    # An address literal: no DNS, and not an internal address.
+    document_ = {"data": {"type": "webhooks", "attributes": {"url": "https://93.184.215.14/h"}}}
+    created = client.post(many, data=orjson.dumps(document_), headers=write)
+    assert created.status_code == 201, created.json
+    conforms(created, "POST", many)
+    webhook_id = created.json["data"]["id"]  # type: ignore[index]
+    url = f"{many}/{webhook_id}"
+    conforms(client.get(many, headers=headers), "GET", many)
+    conforms(client.get(url, headers=headers), "GET", one)
+    change = {"data": {"type": "webhooks", "id": webhook_id, "attributes": {"enabled": False}}}
+    patched = client.patch(url, data=orjson.dumps(change), headers=write)
+    assert patched.status_code == 200
+    conforms(patched, "PATCH", one)
+    mismatch = change | {"data": change["data"] | {"id": "1"}}
+    conforms(client.patch(url, data=orjson.dumps(mismatch), headers=write), "PATCH", one)
+    conforms(client.patch(url, data=b"{}", headers=headers), "PATCH", one)
+    refused = {"data": {"type": "webhooks", "attributes": {"url": "https://127.0.0.1/"}}}
+    private = client.post(many, data=orjson.dumps(refused), headers=write)
+    assert private.status_code == 422
+    conforms(private, "POST", many)
+    conforms(client.get(f"{url}/deliveries", headers=headers), "GET", f"{one}/deliveries")
+    conforms(client.get(f"{many}?sort=id", headers=headers), "GET", many)
+    conforms(client.get(url, headers=auth(7781)), "GET", one)
+    deleted = client.delete(url, headers=headers)
+    assert deleted.status_code == 204
+    conforms(deleted, "DELETE", one)
+    conforms(client.delete(url, headers=headers), "DELETE", one)
+
+
+def test_the_secret_is_documented_for_the_creation_only() -> None:
+    schemas = document()["components"]["schemas"]
+    assert "secret" in schemas["CreatedWebhook"]["properties"]["attributes"]["required"]
+    assert "secret" not in schemas["Webhook"]["properties"]["attributes"]["properties"]
+    request = schemas["WebhookCreateDocument"]["properties"]["data"]["properties"]["attributes"]
+    assert set(request["properties"]) == {"url", "events", "enabled"}
+    assert request["additionalProperties"] is False
 
 
 def test_operations_answers_conform(client: FlaskClient) -> None:

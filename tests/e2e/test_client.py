@@ -47,9 +47,19 @@ class QuietHandler(WSGIRequestHandler):
         pass
 
 
+def recording(seen: list[tuple[str, int]]) -> type[WSGIRequestHandler]:
+    """A handler that notes each request's path and status, as the server's log would."""
+
+    class Recording(QuietHandler):
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            seen.append((self.path, int(code)))
+
+    return Recording
+
+
 @contextmanager
-def serving(app: Flask) -> Iterator[str]:
-    httpd = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
+def serving(app: Flask, handler: type[WSGIRequestHandler] = QuietHandler) -> Iterator[str]:
+    httpd = make_server("127.0.0.1", 0, app, threaded=True, request_handler=handler)
     thread = threading.Thread(target=httpd.serve_forever, name="e2e-http", daemon=True)
     thread.start()
     try:
@@ -92,6 +102,22 @@ def server(client_worker: GracefulWorker, e2e_db: Engine) -> Iterator[str]:
     app = create_app(client_worker.settings, sessions=make_session_factory(e2e_db))
     with serving(app) as url:
         yield url
+
+
+@pytest.fixture
+def logged_server(
+    client_worker: GracefulWorker, e2e_db: Engine, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, list[tuple[str, int]]]]:
+    """A server (streams allowed as configured, or as many as the test's parameter says)
+    whose requests are noted: yields its URL and the (path, status) of each request."""
+    settings = client_worker.settings
+    capacity = getattr(request, "param", None)
+    if capacity is not None:
+        settings = dataclasses.replace(settings, stream_capacity=capacity)
+    seen: list[tuple[str, int]] = []
+    app = create_app(settings, sessions=make_session_factory(e2e_db))
+    with serving(app, recording(seen)) as url:
+        yield url, seen
 
 
 @pytest.fixture
@@ -196,6 +222,51 @@ def test_submit_and_wait_for_2000_entries(
     assert lines[0].split() == ["ID", "STATUS", "OPERATION", "PROCESSED", "CREATED"]
     assert lines[1].split()[:4] == [job_id, "succeeded", "create", "2000/2000"]
     assert lines[-1] == "page 1 of 1, 1 job(s)"
+
+
+SUMMARY = re.compile(r"created 300 time entries in \d+\.\d s \(job ([0-9a-f-]{36})\)\n")
+
+
+def test_submit_and_wait_follows_the_job_s_event_stream(
+    logged_server: tuple[str, list[tuple[str, int]]],
+    credentials: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    url, seen = logged_server
+    document = create_file(tmp_path / "batch.json", 300)
+    result = cli("submit", str(document), "--op", "create", "--wait", "--url", url, env=credentials)
+    assert result.exit_code == 0, result.output
+    summary = SUMMARY.fullmatch(result.stdout)
+    assert summary, result.stdout
+    job = f"/api/v2/jobs/{summary[1]}"
+    assert (f"{job}/events", 200) in seen
+    # Once the stream said finished, one look at the job is its 303, then the result.
+    assert [entry for entry in seen if entry[0].startswith(job)] == [
+        (f"{job}/events", 200),
+        (job, 303),
+        (f"{job}/result", 201),
+    ]
+    assert "300/300" in progress_frames(result.stderr)[-1]
+
+
+@pytest.mark.parametrize("logged_server", [0], indirect=True)
+def test_submit_and_wait_polls_when_the_stream_is_refused(
+    logged_server: tuple[str, list[tuple[str, int]]],
+    credentials: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    url, seen = logged_server
+    document = create_file(tmp_path / "batch.json", 300)
+    result = cli("submit", str(document), "--op", "create", "--wait", "--url", url, env=credentials)
+    assert result.exit_code == 0, result.output
+    summary = SUMMARY.fullmatch(result.stdout)
+    assert summary, result.stdout
+    job = f"/api/v2/jobs/{summary[1]}"
+    asked = [entry for entry in seen if entry[0].startswith(job)]
+    # The stream is refused (no capacity): the client polls the job to its 303 instead.
+    assert asked[0] == (f"{job}/events", 503)
+    assert (job, 303) in asked and asked[-1] == (f"{job}/result", 201)
+    assert "300/300" in progress_frames(result.stderr)[-1]
 
 
 def test_a_file_refused_at_submission_prints_its_pointers(

@@ -33,10 +33,10 @@ from bench.stack import child_env, control_socket, free_port, start_child, wait_
 from shared.devstack.supervisor import stack_commands
 from shared.settings import Settings
 from tests.conftest import _drop, _recreate_database, demo_engine, purge, token_for
-from tests.e2e.fuzzing import ADMIN, KNOWN_IDS, seed_jobs
+from tests.e2e.fuzzing import ADMIN, KNOWN_IDS, SeededWebhooks, ended, seed_jobs, seed_webhooks
 
 HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
-# Per operation and phase: the run, four phases over 19 operations, takes some 30 s (40 s
+# Per operation and phase: the run, four phases over 26 operations, takes some 40 s (more
 # with the web measured for coverage).
 MAX_EXAMPLES = 20
 # Fixed, so that a failure here is a failure on the next run too; `st run --seed` replays it.
@@ -61,7 +61,15 @@ AIMED = {
     "showJob": "jobs",
     "cancelJob": "jobs",
     "showJobResult": "jobs",
+    # Only jobs that ended: a stream of one that runs stays open (schemathesis_hooks.py).
+    "streamJobEvents": "ended_jobs",
+    "showWebhook": "webhooks",
+    "updateWebhook": "webhooks",
+    "listWebhookDeliveries": "webhooks",
+    # Endpoints of their own: the reads keep finding theirs.
+    "deleteWebhook": "doomed_webhooks",
 }
+JOB_DICTIONARIES = frozenset({"jobs", "ended_jobs"})
 
 
 @dataclass
@@ -69,6 +77,7 @@ class Web:
     url: str
     headers: dict[str, str]
     job_ids: list[str]
+    webhooks: SeededWebhooks
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +103,14 @@ def web(
         wait_capacity=0,
         # The document declares it (maxItems): small, the run's longest batches stay cheap.
         max_batch_size=20,
+        # The run's generated URLs name hosts no DNS knows: refused, every POST would be a
+        # 422 and no endpoint ever created. Delivering is not part of the run (no worker).
+        webhook_allow_private=True,
     )
     engine: Engine = demo_engine(own)
     try:
         job_ids = seed_jobs(engine)
+        webhooks = seed_webhooks(engine, job_ids)
         with Session(engine) as session:
             headers = token_for(session, ADMIN.person_id)
             session.commit()
@@ -106,7 +119,7 @@ def web(
         try:
             url = f"http://127.0.0.1:{own.port}"
             wait_http(child, f"{url}/healthz")
-            yield Web(url, headers, job_ids)
+            yield Web(url, headers, job_ids, webhooks)
         finally:
             child.stop()
     finally:
@@ -117,7 +130,12 @@ def web(
 
 def config(web: Web) -> str:
     """The run's schemathesis.toml."""
-    dictionaries = KNOWN_IDS | {"jobs": web.job_ids}
+    dictionaries = KNOWN_IDS | {
+        "jobs": web.job_ids,
+        "ended_jobs": ended(web.job_ids),
+        "webhooks": web.webhooks.kept,
+        "doomed_webhooks": web.webhooks.doomed,
+    }
     lines = [
         "[checks.negative_data_rejection]",
         f"expected-statuses = {json.dumps(NEGATIVE_STATUSES)}",
@@ -129,7 +147,7 @@ def config(web: Web) -> str:
     for name, values in dictionaries.items():
         lines += [f"[dictionaries.{name}]", f"values = {json.dumps(values)}", ""]
     for operation_id, dictionary in AIMED.items():
-        name = "job_id" if dictionary == "jobs" else "id"
+        name = "job_id" if dictionary in JOB_DICTIONARIES else "id"
         lines += [
             "[[operations]]",
             f'include-operation-id = "{operation_id}"',
@@ -139,11 +157,14 @@ def config(web: Web) -> str:
     return "\n".join(lines)
 
 
-def st_env() -> dict[str, str]:
+def st_env(web: Web) -> dict[str, str]:
     """Ours, without coverage's: schemathesis runs none of the code measured, and traced it
-    runs far slower."""
+    runs far slower. The hooks learn which jobs ended."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("COVERAGE_")}
-    return env | {"SCHEMATHESIS_HOOKS": str(HOOKS)}
+    return env | {
+        "SCHEMATHESIS_HOOKS": str(HOOKS),
+        "TIMEBATCH_ENDED_JOBS": ",".join(ended(web.job_ids)),
+    }
 
 
 class Summary:
@@ -179,7 +200,7 @@ def test_schemathesis_finds_no_contradiction(
     started = time.monotonic()
     run = subprocess.run(
         command,
-        env=st_env(),
+        env=st_env(web),
         cwd=tmp_path,
         capture_output=True,
         text=True,

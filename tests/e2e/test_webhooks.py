@@ -4,10 +4,8 @@ Webhooks package."""
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -27,6 +25,7 @@ from api import create_app
 from shared.settings import Settings
 from shared.store.engine import make_session_factory
 from shared.store.models import DeliveryStatus, Job, JobStatus, Webhook, WebhookDelivery
+from shared.webhooks.endpoints import new_secret
 from tests.checked_client import CheckedClient
 from tests.e2e.conftest import WorkerProcess
 from tests.factories import create_resource
@@ -95,7 +94,7 @@ def endpoint(e2e_db: Engine) -> Callable[..., tuple[int, str]]:
     """An endpoint of an organization, stored as the API stores one: its id and secret."""
 
     def make(url: str, organization_id: int = 2110, events: list[str] = EVENTS) -> tuple[int, str]:
-        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        secret = new_secret()
         with Session(e2e_db) as session:
             hook = Webhook(organization_id=organization_id, url=url, events=events, secret=secret)
             session.add(hook)

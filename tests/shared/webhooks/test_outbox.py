@@ -5,9 +5,7 @@ On the committed database (`e2e_db`): run_job opens its own sessions, as a worke
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import secrets
 import uuid
 from typing import Any
 
@@ -21,6 +19,7 @@ from shared.jobs import runner
 from shared.jobs.runner import Outcome, run_job
 from shared.jobs.submit import cancel_job
 from shared.store.models import DeliveryStatus, Job, Webhook, WebhookDelivery
+from shared.webhooks.endpoints import new_secret
 from shared.webhooks.outbox import claim_overdue, claim_unpublished
 from tests.factories import create_resource, queue_job
 
@@ -32,7 +31,7 @@ def endpoint(
     engine: Engine, organization_id: int = 2110, events: list[str] = EVENTS, enabled: bool = True
 ) -> int:
     with Session(engine) as session:
-        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        secret = new_secret()
         hook = Webhook(
             organization_id=organization_id,
             url="https://hooks.example/in",

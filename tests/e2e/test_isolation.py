@@ -11,6 +11,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from shared.store.models import Webhook
 from tests.e2e.test_pipeline import create_doc, entry_count
 from tests.jobclient import JobClient
 
@@ -43,17 +44,26 @@ def get_routes(app: Flask) -> list[str]:
 
 
 def test_every_get_route_hides_another_organizations_data(
-    e2e_app: Flask, e2e_client: FlaskClient, jobs: JobClient, e2e_auth: Any
+    e2e_app: Flask, e2e_client: FlaskClient, jobs: JobClient, e2e_auth: Any, e2e_db: Engine
 ) -> None:
     theirs = jobs.run("POST", "/api/v2/time_entries", create_doc(1, note="first note"), e2e_auth())
     job_id = theirs.job_url.rsplit("/", 1)[1]
+    with Session(e2e_db) as session:
+        hook = Webhook(
+            organization_id=2110, url="https://demo-agency.example/first note", secret="whsec_x"
+        )
+        hook.events = ["job.succeeded"]
+        session.add(hook)
+        session.commit()
+        ids = FOREIGN_IDS | {"jobs": job_id, "webhooks": str(hook.id)}
     mine = e2e_auth(8881)
+    # Webhooks are for managers: Workflow Studio's (2111), asking for Demo Agency's.
+    manager = e2e_auth(7792)
     walked = 0
     for rule in get_routes(e2e_app):
         kind = rule.split("/")[3]
-        foreign = job_id if kind == "jobs" else FOREIGN_IDS.get(kind)
-        path = re.sub(r"<(?:\w+:)?\w+>", foreign or "1", rule)
-        response = e2e_client.get(path, headers=mine)
+        path = re.sub(r"<(?:\w+:)?\w+>", ids.get(kind, "1"), rule)
+        response = e2e_client.get(path, headers=manager if kind == "webhooks" else mine)
         walked += 1
         if "<" in rule:
             assert response.status_code == 404, (path, response.status_code)

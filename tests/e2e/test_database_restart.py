@@ -21,7 +21,7 @@ from api import create_app
 from shared.settings import Settings
 from shared.store.engine import make_session_factory
 from shared.store.models import Job
-from shared.store.notify import CHANNEL
+from shared.store.notify import PROGRESS_CHANNEL
 from tests.checked_client import JSONAPI, CheckedClient
 from tests.conftest import _settings, demo_engine, token_for
 from tests.e2e.conftest import WorkerProcess
@@ -69,7 +69,8 @@ def listening(engine: Engine) -> bool:
     with engine.connect() as connection:
         found = connection.scalar(
             text("SELECT count(*) FROM pg_stat_activity WHERE query = :query"),
-            {"query": f"LISTEN {CHANNEL}"},
+            # The connection's last statement: it listens on the progress channel last.
+            {"query": f"LISTEN {PROGRESS_CHANNEL}"},
         )
     return bool(found)
 

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 
-from bench import fairness, streams
+from bench import fairness, streams, webhooks
 from bench.client import Client, Outcome, clock_offset
 from bench.documents import ADMIN, MEMBER, ORGANIZATION, create_body, refs_body, update_body
 from bench.floor import Floor
@@ -136,6 +136,7 @@ class Bench:
         self.naive_rate: float | None = None
         self.scenario: fairness.Scenario | None = None
         self.streams: streams.Scenario | None = None
+        self.webhooks: webhooks.Scenario | None = None
 
     # ----------------------------------------------------------------------------- helpers
 
@@ -439,6 +440,8 @@ class Bench:
             found.extend(self.scenario.ratios())
         if self.streams is not None:
             found.extend(self.streams.ratios())
+        if self.webhooks is not None:
+            found.extend(self.webhooks.ratios())
         return found
 
     def floor_breakdown(self) -> list[str]:
@@ -489,6 +492,7 @@ def render(bench: Bench, env: dict[str, Any]) -> str:
         *bench.floor_breakdown(),
         *(bench.scenario.lines() if bench.scenario is not None else ()),
         *(bench.streams.lines() if bench.streams is not None else ()),
+        *(bench.webhooks.lines() if bench.webhooks is not None else ()),
         "",
         "ratios (same run, same database):",
         *(r.line() for r in bench.ratios()),
@@ -522,6 +526,7 @@ def write_json(bench: Bench, env: dict[str, Any], started: dt.datetime) -> Path:
         "ratios": [r.as_json() for r in bench.ratios()],
         "notes": bench.notes,
         "streams": bench.streams,
+        "webhooks": bench.webhooks,
     }
     path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
     return path
@@ -594,6 +599,11 @@ def _run(args: argparse.Namespace, base: Settings, started: dt.datetime) -> int:
             streaming = streams.open_streams_stack(base, workdir / "streams", held)
             with last_output_on_error(streaming):
                 bench.streams = streams.run(streaming, say)
+        with ExitStack() as pushed, webhooks.Receiver() as receiver:
+            say("starting a stack with the webhooks process for the delivery scenario ...")
+            pushing = webhooks.open_webhooks_stack(base, workdir / "webhooks", pushed)
+            with last_output_on_error(pushing):
+                bench.webhooks = webhooks.run(pushing, receiver)
         print(render(bench, env), flush=True)
         path = write_json(bench, env, started)
         print(

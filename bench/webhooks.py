@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import statistics
 import sys
 import tempfile
@@ -52,6 +53,7 @@ class Receiver:
         self.requests = 0
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
         app = Request.application(self._answer)
         self.server = make_server("127.0.0.1", free_port(), app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}/hook"

@@ -32,7 +32,7 @@ import requests
 from sqlalchemy import text
 
 from bench.documents import MEMBER, ORGANIZATION, create_body
-from bench.report import Ratio, ratio
+from bench.report import Ratio, print_scenario, ratio
 from bench.stack import Stack, open_stack
 from shared.settings import Settings
 
@@ -277,11 +277,7 @@ def main() -> int:
     with ExitStack() as stack:
         parts = open_fairness_stack(Settings.from_env(), workdir, stack)
         scenario = run(parts, say)
-    for line in scenario.lines():
-        print(line)
-    for found in scenario.ratios():
-        print(found.line())
-    return 0
+    return print_scenario(scenario)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,11 @@ measured too: PostgreSQL then parses the document again and stores its binary fo
 costs several times more than the raw row, and is a choice, not a necessity.
 
 Both run in this process on their own psycopg connection to the bench database.
+
+The small-job floor (:class:`SmallFloor`): for batches of 1 and 100 entries, the fixed costs
+of a job (submit, publish, pickup, the job's own transactions, the wake-up) are what
+dominate, so their floor is the same create through timebatch's own domain code, in one
+transaction, in this process.
 """
 
 from __future__ import annotations
@@ -32,11 +37,16 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import psycopg
-from sqlalchemy import make_url
+from sqlalchemy import create_engine, make_url
+from sqlalchemy.orm import Session
 
+from shared.domain import documents
+from shared.domain.context import load_context
 from shared.domain.costs import CurrencyBook, entry_costs
+from shared.domain.entries import create_entries
 from shared.jsonapi.render import RELATIONSHIPS
 from shared.store.columns import ATTRIBUTES, COLUMNS, COST_COLUMNS, TIMESTAMPS
+from shared.store.models import Operation
 
 SCRATCH = "bench_floor_time_entries"
 SUBMISSIONS = "bench_floor_submissions"
@@ -284,3 +294,27 @@ class Floor:
         self.conn.commit()
         raw = time.perf_counter() - started
         return {"jsonb": jsonb, "bytea": raw}
+
+
+class SmallFloor:
+    """The small-job floor: the same create applied synchronously in one transaction, through
+    the domain code (load the context, decode, create, render, commit), in this process. What
+    a job of a few entries costs with no queue, worker, job row or notification around it."""
+
+    def __init__(self, sqlalchemy_url: str, organization_id: int, caller_id: int) -> None:
+        self.engine = create_engine(sqlalchemy_url, pool_size=1)
+        self.organization_id = organization_id
+        self.caller_id = caller_id
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def create(self, body: bytes) -> tuple[float, bytes]:
+        """Seconds the create took, and its payload."""
+        started = time.perf_counter()
+        with Session(self.engine) as session, session.begin():
+            ctx = load_context(session, self.organization_id, self.caller_id, {})
+            items = documents.items(Operation.CREATE, body)
+            rows = create_entries(session, ctx, items, lambda processed: None)
+            payload = ctx.renderer(ctx.related(session, rows)).encode_collection(rows)
+        return time.perf_counter() - started, payload

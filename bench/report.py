@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 NUMERIC = (
     "submit_ms",
@@ -131,3 +131,20 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or denominator is None or denominator <= 0:
         return None
     return numerator / denominator
+
+
+class Scenario(Protocol):
+    """A scenario of its own stack: what it prints, and its rows in the table of ratios."""
+
+    def lines(self) -> list[str]: ...
+
+    def ratios(self) -> list[Ratio]: ...
+
+
+def print_scenario(scenario: Scenario) -> int:
+    """Print a scenario run by itself (`python -m bench.<name>`); its exit status."""
+    for line in scenario.lines():
+        print(line)
+    for found in scenario.ratios():
+        print(found.line())
+    return 0

@@ -36,7 +36,7 @@ from sqlalchemy import text
 from bench import fairness, streams, webhooks
 from bench.client import Client, Outcome, clock_offset
 from bench.documents import ADMIN, MEMBER, ORGANIZATION, create_body, refs_body, update_body
-from bench.floor import Floor
+from bench.floor import Floor, SmallFloor
 from bench.report import Ratio, Row, ratio, table
 from bench.stack import REPO, BenchError, Child, Stack, open_stack
 from shared.cli.demo import FIRST_FREE_ENTRY_ID
@@ -56,6 +56,10 @@ NAIVE_REPEAT_BUDGET = 60.0
 WARMUP_BATCHES = 6
 FLOOR_RUNS = 3
 FLOOR_RUNS_UP_TO = 10_000
+# Small jobs with Prefer: wait against the small-job floor, each this many times (their
+# fixed costs are a few milliseconds: one run says little), and the most each may take.
+SMALL_TARGETS = {1: 3.0, 100: 2.0}
+SMALL_RUNS = 15
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -122,10 +126,16 @@ def _mib(child: Child) -> float:
 
 class Bench:
     def __init__(
-        self, stack: Stack, floor: Floor, client: Client, args: argparse.Namespace
+        self,
+        stack: Stack,
+        floor: Floor,
+        small_floor: SmallFloor,
+        client: Client,
+        args: argparse.Namespace,
     ) -> None:
         self.stack = stack
         self.floor = floor
+        self.small_floor = small_floor
         self.client = client
         self.args = args
         self.rows: dict[tuple[str, int, str], Row] = {}
@@ -237,6 +247,22 @@ class Bench:
             )
         return payload
 
+    def measure_small(self) -> None:
+        """Small jobs end to end with Prefer: wait, each beside the small-job floor."""
+        for size in SMALL_TARGETS:
+            body = create_body(size)
+            for _ in range(SMALL_RUNS):
+                seconds, _ = self.small_floor.create(body)
+                self.row("create", size, "small floor").samples.append(
+                    {"e2e_ms": round(seconds * 1000, 3)}
+                )
+                self.measure_create(size, body, prefer=True)
+            say(
+                f"  small floor {size:,}: "
+                f"{self.row('create', size, 'small floor').median('e2e_ms'):,.1f} ms (median)"
+            )
+            self.cleanup()
+
     def measure_create(self, size: int, body: bytes, *, prefer: bool) -> tuple[list[str], bytes]:
         """Returns the new entries' ids and the result payload."""
         outcome, memory = self.pipeline(
@@ -325,6 +351,7 @@ class Bench:
 
     def run(self) -> None:
         self.warm_up()
+        self.measure_small()
         for size in self.args.sizes:
             body = create_body(size)
             say(f"size {size:,} ({len(body) / 1024 / 1024:,.1f} MiB body)")
@@ -346,7 +373,7 @@ class Bench:
 
     def ordered_rows(self) -> list[Row]:
         operations = ("create", "update", "approve", "unapprove", "delete")
-        variants = ("poll", "prefer", "floor", "submit floor", "naive")
+        variants = ("poll", "prefer", "floor", "small floor", "submit floor", "naive")
         return sorted(
             self.rows.values(),
             key=lambda r: (operations.index(r.operation), r.size, variants.index(r.variant)),
@@ -415,6 +442,21 @@ class Bench:
                         poll.median("submit_ms") if poll else None,
                         statistics.median(jsonb) if jsonb else None,
                     ),
+                )
+            )
+        for size, most in SMALL_TARGETS.items():
+            prefer = self.rows.get(("create", size, "prefer"))
+            small = self.rows.get(("create", size, "small floor"))
+            value = ratio(
+                prefer.median("e2e_ms") if prefer else None,
+                small.median("e2e_ms") if small else None,
+            )
+            found.append(
+                Ratio(
+                    f"create {size:,} Prefer: wait / small-job floor",
+                    value,
+                    f"<= {most:g}x",
+                    None if value is None else value <= most,
                 )
             )
         memory_row = self.rows.get(("create", MEMORY_SIZE, "poll"))
@@ -581,10 +623,12 @@ def _run(args: argparse.Namespace, base: Settings, started: dt.datetime) -> int:
             say(f"stack up in {time.monotonic() - t:.1f} s")
             floor = Floor(parts.settings.sqlalchemy_url, ORGANIZATION, MEMBER)
             measured.callback(floor.close)
+            small_floor = SmallFloor(parts.settings.sqlalchemy_url, ORGANIZATION, MEMBER)
+            measured.callback(small_floor.close)
             offset = clock_offset(parts.engine)
             client = Client(parts.web_url, parts.engine, offset)
             measured.callback(client.close)
-            bench = Bench(parts, floor, client, args)
+            bench = Bench(parts, floor, small_floor, client, args)
             with last_output_on_error(parts):
                 bench.run()
             env = environment(parts, offset)

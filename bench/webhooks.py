@@ -34,7 +34,7 @@ from werkzeug.serving import make_server
 
 from bench.client import clock_offset
 from bench.documents import MEMBER, ORGANIZATION, create_body
-from bench.report import Ratio, ratio
+from bench.report import Ratio, print_scenario, ratio
 from bench.stack import Stack, child_env, free_port, open_stack, start_child, wait_log
 from shared.devstack.supervisor import stack_commands
 from shared.settings import Settings
@@ -210,11 +210,7 @@ def main() -> int:
     with ExitStack() as stack, Receiver() as receiver:
         parts = open_webhooks_stack(Settings.from_env(), workdir, stack)
         scenario = run(parts, receiver)
-    for line in scenario.lines():
-        print(line)
-    for found in scenario.ratios():
-        print(found.line())
-    return 0
+    return print_scenario(scenario)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from api import create_app
+from bench.stack import control_socket
+from shared.devstack.supervisor import stack_commands, stack_env
 from shared.jobs.runner import Outcome
 from shared.settings import Settings
 from shared.store.engine import make_session_factory
@@ -146,6 +149,38 @@ class WorkerProcess:
             if match and match["job"] == job_id:
                 found.append(match["outcome"])
         return found
+
+
+@contextlib.contextmanager
+def web_tier(settings: Settings) -> Iterator[str]:
+    """The real web tier, gunicorn with the command of `timebatch run`, answering /healthz
+    on the settings' port until the block ends; yields its URL."""
+    argv = stack_commands(settings, names=("web",))["web"]
+    argv = control_socket(argv, settings.data_dir / f"web-{settings.port}.ctl")
+    log = settings.data_dir / f"web-{settings.port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            argv,
+            env=stack_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{settings.port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            try:
+                if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
 
 
 @pytest.fixture

@@ -5,10 +5,6 @@ notifications."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,10 +13,9 @@ import pytest
 import requests
 import sseclient
 
-from bench.stack import control_socket, free_port
-from shared.devstack.supervisor import stack_commands, stack_env
+from bench.stack import free_port
 from shared.settings import Settings
-from tests.e2e.conftest import WorkerProcess
+from tests.e2e.conftest import WorkerProcess, web_tier
 from tests.e2e.test_pipeline import create_doc
 
 pytestmark = pytest.mark.e2e
@@ -36,33 +31,8 @@ def own_settings(e2e_settings: Settings) -> Settings:
 
 @pytest.fixture
 def web(own_settings: Settings, e2e_db: Any) -> Iterator[str]:
-    argv = control_socket(
-        stack_commands(own_settings, names=("web",))["web"], own_settings.data_dir / "events.ctl"
-    )
-    log = own_settings.data_dir / "events-web.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            argv,
-            env=stack_env(own_settings),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{own_settings.port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
+    with web_tier(own_settings) as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def test_the_stream_of_a_10000_entry_job_shows_it_move_and_ends_with_its_result(

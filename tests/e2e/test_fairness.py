@@ -8,14 +8,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import itertools
-import os
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from importlib.metadata import version
 from typing import Any
 
 import orjson
@@ -27,13 +23,13 @@ from sqlalchemy.orm import Session
 
 from api import create_app
 from bench.stack import free_port
-from shared.devstack.supervisor import stack_commands, stack_env
 from shared.jobs.queue import SWEEP_JOBS, create_celery
 from shared.settings import Settings
 from shared.store.engine import make_session_factory
 from shared.store.models import Job, TimeEntry
 from tests.checked_client import CheckedClient
 from tests.conftest import BULK, PublishLog
+from tests.e2e.conftest import web_tier
 from tests.jobclient import JobClient
 
 # A member with a cost rate and a service of each demo organization.
@@ -281,34 +277,8 @@ def test_the_sweeper_republishes_a_lost_job_during_a_flood(
 @pytest.fixture
 def web(own_settings: Settings, e2e_db: Engine) -> Iterator[str]:
     """The real web tier: gunicorn with the command of `timebatch run`."""
-    settings = dataclasses.replace(own_settings, port=free_port())
-    argv = stack_commands(settings, names=("web",))["web"]
-    if int(version("gunicorn").split(".")[0]) >= 27:
-        argv = [*argv[:-1], "--control-socket", str(settings.data_dir / "web.ctl"), argv[-1]]
-    log = settings.data_dir / "web.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            argv,
-            env=stack_env(settings),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{settings.port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
+    with web_tier(dataclasses.replace(own_settings, port=free_port())) as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def test_sixty_four_waiting_clients_get_correct_answers_and_health_stays_fast(

@@ -87,6 +87,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--strict", action="store_true", help="exit with status 1 when a target is missed"
     )
+    parser.add_argument(
+        "--pipeline-only",
+        action="store_true",
+        help="skip the scenarios on stacks of their own (fairness, event streams, webhooks)",
+    )
     args = parser.parse_args(argv)
     if args.sizes is not None:
         try:
@@ -632,22 +637,25 @@ def _run(args: argparse.Namespace, base: Settings, started: dt.datetime) -> int:
             with last_output_on_error(parts):
                 bench.run()
             env = environment(parts, offset)
-        with ExitStack() as shared:
-            say("starting a stack with two worker processes for the shared-service scenario ...")
-            service = fairness.open_fairness_stack(base, workdir / "fairness", shared)
-            with last_output_on_error(service):
-                scenario = fairness.run(service, say)
-            bench.scenario = scenario
-        with ExitStack() as held:
-            say("starting a stack for the event-streams scenario ...")
-            streaming = streams.open_streams_stack(base, workdir / "streams", held)
-            with last_output_on_error(streaming):
-                bench.streams = streams.run(streaming, say)
-        with ExitStack() as pushed, webhooks.Receiver() as receiver:
-            say("starting a stack with the webhooks process for the delivery scenario ...")
-            pushing = webhooks.open_webhooks_stack(base, workdir / "webhooks", pushed)
-            with last_output_on_error(pushing):
-                bench.webhooks = webhooks.run(pushing, receiver)
+        if not args.pipeline_only:
+            with ExitStack() as shared:
+                say(
+                    "starting a stack with two worker processes for the shared-service scenario ..."
+                )
+                service = fairness.open_fairness_stack(base, workdir / "fairness", shared)
+                with last_output_on_error(service):
+                    scenario = fairness.run(service, say)
+                bench.scenario = scenario
+            with ExitStack() as held:
+                say("starting a stack for the event-streams scenario ...")
+                streaming = streams.open_streams_stack(base, workdir / "streams", held)
+                with last_output_on_error(streaming):
+                    bench.streams = streams.run(streaming, say)
+            with ExitStack() as pushed, webhooks.Receiver() as receiver:
+                say("starting a stack with the webhooks process for the delivery scenario ...")
+                pushing = webhooks.open_webhooks_stack(base, workdir / "webhooks", pushed)
+                with last_output_on_error(pushing):
+                    bench.webhooks = webhooks.run(pushing, receiver)
         print(render(bench, env), flush=True)
         path = write_json(bench, env, started)
         print(

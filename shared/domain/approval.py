@@ -8,30 +8,28 @@ service's approver) and is approved once every status is.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import RowMapping, delete, insert, select, text
+from sqlalchemy import Row, delete, insert, select, text
 from sqlalchemy.orm import Session
 
-from shared.domain.context import BatchContext, Progress, lock_entries
+from shared.domain.context import IDS, LOCKED_NAMES, BatchContext, Progress, lock_entries
 from shared.domain.documents import Item
 from shared.domain.problems import not_found, pointer
 from shared.jsonapi.errors import ApiError, Problem
-from shared.store.columns import READ_COLUMNS
 from shared.store.models import ApprovalStatus, Person, Service
 
 _APPROVE_SQL = text(
     "UPDATE time_entries AS t SET approved = true, approved_at = :approved_at,"
     " approver_id = :approver_id, updated_at = :now, updater_id = :approver_id,"
     " last_actor_id = :approver_id WHERE t.id = ANY(:ids)"
-)
+).bindparams(IDS)
 _UNAPPROVE_SQL = text(
     "UPDATE time_entries AS t SET approved = false, approved_at = NULL, approver_id = NULL,"
     " updated_at = :now, updater_id = :actor_id, last_actor_id = :actor_id"
     " WHERE t.id = ANY(:ids)"
-)
-_SELECT_SQL = text("SELECT " + ", ".join(READ_COLUMNS) + " FROM time_entries WHERE id = ANY(:ids)")
+).bindparams(IDS)
 
 
 def required_approvers(
@@ -68,10 +66,24 @@ def add_pending_statuses(session: Session, approvers_by_entry: Mapping[int, Iter
         session.execute(insert(ApprovalStatus), rows)
 
 
-def _reload(session: Session, items: Sequence[Item]) -> list[RowMapping]:
-    ids = [item["id"] for item in items]
-    by_id = {row["id"]: row for row in session.execute(_SELECT_SQL, {"ids": ids}).mappings()}
-    return [by_id[i] for i in ids]
+def _written(
+    items: Sequence[Item],
+    entries: Mapping[int, Row[Any]],
+    changed: Collection[int],
+    values: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """The entries as stored now, in batch order: the locked rows, `changed` ones with `values`.
+
+    The rows are locked, and since then this transaction wrote them only `values`: render
+    from memory instead of reading 10,000 rows back.
+    """
+    changed = set(changed)
+    stored: dict[int, dict[str, Any]] = {}
+    for entry_id, row in entries.items():
+        stored[entry_id] = dict(zip(LOCKED_NAMES, row, strict=True))
+        if entry_id in changed:
+            stored[entry_id].update(values)
+    return [stored[item["id"]] for item in items]
 
 
 def _locked(
@@ -89,7 +101,7 @@ def approve_entries(
     ctx: BatchContext,
     items: Sequence[Item],
     progress: Progress,
-) -> list[RowMapping]:
+) -> list[dict[str, Any]]:
     caller = ctx.caller
     for_all_approvers = bool(ctx.options.get("for_all_approvers", False))
     if for_all_approvers and not caller.can_approve_all:
@@ -148,23 +160,31 @@ def approve_entries(
             )
     if problems:
         raise ApiError(problems)
+    approved = {
+        "approved": True,
+        "approved_at": ctx.now.replace(microsecond=0),
+        "approver_id": caller.id,
+        "updated_at": ctx.now,
+        "updater_id": caller.id,
+        "last_actor_id": caller.id,
+    }
     if to_approve:
         session.execute(
             _APPROVE_SQL,
             {
                 "ids": to_approve,
-                "approved_at": ctx.now.replace(microsecond=0),
+                "approved_at": approved["approved_at"],
                 "approver_id": caller.id,
                 "now": ctx.now,
             },
         )
     progress(len(items))
-    return _reload(session, items)
+    return _written(items, entries, to_approve, approved)
 
 
 def unapprove_entries(
     session: Session, ctx: BatchContext, items: Sequence[Item], progress: Progress
-) -> list[RowMapping]:
+) -> list[dict[str, Any]]:
     caller = ctx.caller
     if not (caller.can_approve or caller.can_approve_all):
         raise ApiError.one(403, "Forbidden", "you do not have the permission to unapprove time")
@@ -197,4 +217,12 @@ def unapprove_entries(
         session.execute(delete(ApprovalStatus).where(ApprovalStatus.time_entry_id.in_(ids)))
         add_pending_statuses(session, approvers)
     progress(len(items))
-    return _reload(session, items)
+    unapproved = {
+        "approved": False,
+        "approved_at": None,
+        "approver_id": None,
+        "updated_at": ctx.now,
+        "updater_id": caller.id,
+        "last_actor_id": caller.id,
+    }
+    return _written(items, entries, ids, unapproved)

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
+from sqlalchemy.types import BigInteger
 
 from shared.domain.costs import CurrencyBook
 from shared.jsonapi.render import EntryRenderer, Related
@@ -97,6 +99,20 @@ LOCKED_COLUMNS = (
     TimeEntry.updater_id,
     TimeEntry.last_actor_id,
 )
+LOCKED_NAMES = tuple(column.key for column in LOCKED_COLUMNS)
+
+
+# One array parameter, not an IN list: 10,000 ids as 10,000 bind parameters cost SQLAlchemy
+# and psycopg more than the query. A bound bigint[], not a text literal cast to one: only the
+# former is a constant to the planner, and with the latter the first batch on a table without
+# statistics yet took seconds, searching the array once per row.
+IDS = bindparam("ids", type_=ARRAY(BigInteger))
+_LOCK = (
+    select(*LOCKED_COLUMNS)
+    .where(TimeEntry.organization_id == bindparam("organization_id"), TimeEntry.id == any_(IDS))
+    .order_by(TimeEntry.id)
+    .with_for_update()
+)
 
 
 def lock_entries(session: Session, ctx: BatchContext, ids: Collection[int]) -> dict[int, Row[Any]]:
@@ -105,10 +121,8 @@ def lock_entries(session: Session, ctx: BatchContext, ids: Collection[int]) -> d
     Locks are taken in id order so that jobs over overlapping entries queue up instead of
     deadlocking.
     """
-    rows = session.execute(
-        select(*LOCKED_COLUMNS)
-        .where(TimeEntry.organization_id == ctx.organization_id, TimeEntry.id.in_(ids))
-        .order_by(TimeEntry.id)
-        .with_for_update()
-    ).all()
+    # Core, not the ORM: these are plain rows, and the ORM's per-row result processing costs
+    # a third of the pass. (A batch leaves nothing pending in the session to autoflush.)
+    params = {"organization_id": ctx.organization_id, "ids": list(ids)}
+    rows = session.connection().execute(_LOCK, params).all()
     return {row.id: row for row in rows}

@@ -7,14 +7,21 @@ Each raises ApiError with every problem found, or returns the rows written, in b
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import delete, text
 from sqlalchemy.orm import Session
 
 from shared.domain.approval import add_pending_statuses, approve_all_people, required_approvers
-from shared.domain.context import BatchContext, Progress, lock_entries, referenced_by_id
+from shared.domain.context import (
+    LOCKED_NAMES,
+    BatchContext,
+    Progress,
+    lock_entries,
+    referenced_by_id,
+)
 from shared.domain.costs import MissingExchangeRate, entry_costs
 from shared.domain.documents import Item
 from shared.domain.locks import edit_refusal
@@ -87,40 +94,66 @@ _UPDATE_SQL = text(
 class _Refs:
     """Everything a batch refers to, fetched with one query per kind."""
 
-    def __init__(self, session: Session, ctx: BatchContext, items: Sequence[Item]) -> None:
-        self.people = referenced_by_id(
-            session, ctx, Person, {i["person_id"] for i in items if "person_id" in i}
-        )
-        self.services = referenced_by_id(
-            session, ctx, Service, {i["service_id"] for i in items if "service_id" in i}
-        )
-        self.tasks = referenced_by_id(
-            session, ctx, Task, {i["task_id"] for i in items if i.get("task_id") is not None}
-        )
+    def __init__(
+        self,
+        session: Session,
+        ctx: BatchContext,
+        people: Collection[int],
+        services: Collection[int],
+        tasks: Collection[int | None],
+    ) -> None:
+        self.people = referenced_by_id(session, ctx, Person, set(people))
+        self.services = referenced_by_id(session, ctx, Service, set(services))
+        self.tasks = referenced_by_id(session, ctx, Task, {t for t in tasks if t is not None})
         self.costs: dict[tuple[int, int, str], dict[str, int | str]] = {}
+        # What _derive found for references and minutes it raised no problem with, keyed by
+        # everything it reads: a batch repeats a few of them many times. Shared: read only.
+        self.derived: dict[tuple[int, int, int | None, int, bool], dict[str, Any]] = {}
+
+
+# What _derive checks of a merged entry: its person, service, task and minutes.
+Merged = tuple[int, int, int | None, int]
 
 
 def _derive(
     ctx: BatchContext,
     index: int,
-    values: dict[str, Any],
+    merged: Merged,
     refs: _Refs,
     problems: list[Problem],
     *,
     check_person: bool,
 ) -> dict[str, Any] | None:
     """Check the references of one merged entry; return the billable time and costs."""
-    person: Person | None = refs.people.get(values["person_id"])
-    service: Service | None = refs.services.get(values["service_id"])
-    task_id = values.get("task_id")
+    key = (*merged, check_person)
+    derived = refs.derived.get(key)
+    if derived is None:
+        derived = _check(ctx, index, merged, refs, problems, check_person=check_person)
+        if derived is not None:
+            refs.derived[key] = derived
+    return derived
+
+
+def _check(
+    ctx: BatchContext,
+    index: int,
+    merged: Merged,
+    refs: _Refs,
+    problems: list[Problem],
+    *,
+    check_person: bool,
+) -> dict[str, Any] | None:
+    person_id, service_id, task_id, minutes = merged
+    person: Person | None = refs.people.get(person_id)
+    service: Service | None = refs.services.get(service_id)
     task: Task | None = refs.tasks.get(task_id) if task_id is not None else None
     found = len(problems)
     if person is None:
-        problems.append(not_found(index, "person_id", "person", values["person_id"]))
+        problems.append(not_found(index, "person_id", "person", person_id))
     elif check_person and not may_edit_time_of(ctx.caller, person.id):
         problems.append(forbidden_for(index, "person_id", person.id))
     if service is None:
-        problems.append(not_found(index, "service_id", "service", values["service_id"]))
+        problems.append(not_found(index, "service_id", "service", service_id))
     if task_id is not None:
         if task is None:
             problems.append(not_found(index, "task_id", "task", task_id))
@@ -146,13 +179,13 @@ def _derive(
         return None
     assert person.cost_rate is not None and person.cost_rate_currency is not None
     org = ctx.organization
-    key = (values["time"], person.cost_rate, person.cost_rate_currency)
+    key = (minutes, person.cost_rate, person.cost_rate_currency)
     try:
         # Batches repeat a few (time, rate) pairs many times; the exact arithmetic is costly.
         costs = refs.costs.get(key)
         if costs is None:
             costs = refs.costs[key] = entry_costs(
-                values["time"],
+                minutes,
                 person.cost_rate,
                 person.cost_rate_currency,
                 ctx.book,
@@ -170,14 +203,20 @@ def _derive(
             )
         )
         return None
-    costs["billable_time"] = values["time"] if service.billable else 0
+    costs["billable_time"] = minutes if service.billable else 0
     return costs
 
 
 def create_entries(
     session: Session, ctx: BatchContext, items: Sequence[Item], progress: Progress
 ) -> list[dict[str, Any]]:
-    refs = _Refs(session, ctx, items)
+    refs = _Refs(
+        session,
+        ctx,
+        {i["person_id"] for i in items if "person_id" in i},
+        {i["service_id"] for i in items if "service_id" in i},
+        {i.get("task_id") for i in items},
+    )
     problems: list[Problem] = []
     rows: list[dict[str, Any]] = []
     now = ctx.now
@@ -198,7 +237,8 @@ def create_entries(
             "updated_at": now,
             "last_activity_at": now,
         }
-        derived = _derive(ctx, index, values, refs, problems, check_person=True)
+        merged = (values["person_id"], values["service_id"], values["task_id"], values["time"])
+        derived = _derive(ctx, index, merged, refs, problems, check_person=True)
         if derived is not None and not problems:
             rows.append(values | derived)
     if problems:
@@ -231,7 +271,7 @@ def create_entries(
     return written
 
 
-REPRICING_FIELDS = ("time", "person_id", "service_id")
+REPRICING_FIELDS = frozenset({"time", "person_id", "service_id"})
 
 
 def _locked_entries(
@@ -252,43 +292,49 @@ def _locked_entries(
     return entries
 
 
+_EDITABLE = frozenset({"date", "time", "note", "person_id", "service_id", "task_id"})
+# A row of time_entry_updates: the id, then the UPDATABLE columns.
+_UPDATE_ROW = itemgetter("id", *(name for name, _ in UPDATABLE))
+_UPDATE_TYPES = ("bigint", *(kind for _, kind in UPDATABLE))
+_MERGED = itemgetter("person_id", "service_id", "task_id", "time")
+
+
 def update_entries(
     session: Session, ctx: BatchContext, items: Sequence[Item], progress: Progress
 ) -> list[dict[str, Any]]:
     problems: list[Problem] = []
     entries = _locked_entries(session, ctx, items, problems)
-    merged_items = []
+    people: set[int] = set()
+    services: set[int] = set()
+    tasks: set[int | None] = set()
     for item in items:
         entry = entries.get(item["id"])
         if entry is not None:
-            merged_items.append(
-                {
-                    "person_id": item.get("person_id", entry.person_id),
-                    "service_id": item.get("service_id", entry.service_id),
-                    "task_id": item.get("task_id", entry.task_id),
-                }
-            )
-    refs = _Refs(session, ctx, merged_items)
+            people.add(item.get("person_id", entry.person_id))
+            services.add(item.get("service_id", entry.service_id))
+            tasks.add(item.get("task_id", entry.task_id))
+    refs = _Refs(session, ctx, people, services, tasks)
     updates: list[dict[str, Any]] = []
     caller_id = ctx.caller.id
+    now = ctx.now
     for index, item in enumerate(items):
         entry = entries.get(item["id"])
         if entry is None:
             continue
-        values: dict[str, Any] = {name: getattr(entry, name) for name, _ in UPDATABLE}
-        for field in ("date", "time", "note", "person_id", "service_id", "task_id"):
-            if field in item:
-                values[field] = item[field]
-        if isinstance(values["date"], str):
-            values["date"] = dt.date.fromisoformat(values["date"])
-        derived = _derive(ctx, index, values, refs, problems, check_person="person_id" in item)
+        values = dict(zip(LOCKED_NAMES, entry, strict=True))
+        for field, value in item.items():
+            if field in _EDITABLE:
+                values[field] = value
+        if "date" in item:
+            values["date"] = dt.date.fromisoformat(item["date"])
+        derived = _derive(
+            ctx, index, _MERGED(values), refs, problems, check_person="person_id" in item
+        )
         # Without a change of time, person or service the stored prices stand.
-        if derived is not None and any(field in item for field in REPRICING_FIELDS):
+        if derived is not None and not REPRICING_FIELDS.isdisjoint(item):
             values.update(derived)
-        values["id"] = entry.id
-        values["updated_at"] = ctx.now
-        values["updater_id"] = caller_id
-        values["last_actor_id"] = caller_id
+        values["updated_at"] = now
+        values["updater_id"] = values["last_actor_id"] = caller_id
         updates.append(values)
     if problems:
         raise ApiError(problems)
@@ -298,12 +344,13 @@ def update_entries(
         session,
         "time_entry_updates",
         ["id", *names],
-        ([u["id"], *(u[name] for name in names)] for u in updates),
+        map(_UPDATE_ROW, updates),
         progress,
+        types=_UPDATE_TYPES,
     )
     session.execute(_UPDATE_SQL)
     # The stored rows are the locked ones with these values: render from memory.
-    return [dict(entries[u["id"]]._mapping) | u for u in updates]
+    return updates
 
 
 def delete_entries(

@@ -17,15 +17,22 @@ def copy_rows(
     columns: Sequence[str],
     rows: Iterable[Sequence[Any]],
     progress: Callable[[int], None] | None = None,
+    types: Sequence[str] | None = None,
 ) -> int:
-    """COPY rows (tuples in `columns` order) into `table` on the session's connection."""
+    """COPY rows (tuples in `columns` order) into `table` on the session's connection.
+
+    With `types` (the PostgreSQL type of each column) the rows go in binary: no text to
+    format here and parse there.
+    """
     driver = session.connection().connection.driver_connection
     assert driver is not None
     written = 0
-    with (
-        driver.cursor() as cursor,
-        cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
-    ):
+    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+    if types is not None:
+        statement += " (FORMAT BINARY)"
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        if types is not None:
+            copy.set_types(types)
         for row in rows:
             copy.write_row(row)
             written += 1

@@ -166,3 +166,44 @@ def test_delete_after_unapprove_succeeds(session: Session, factories: Factories)
     unapprove_entries(session, load_context(session, 2110, 7783), [{"id": entry.id}], progress)
     delete_entries(session, member, [{"id": entry.id}], progress)
     assert session.get(TimeEntry, entry.id) is None
+
+
+def stored_rows(session: Session, ids: list[int]) -> dict[int, dict[str, Any]]:
+    from shared.store.columns import READ_COLUMNS
+
+    rows = session.execute(
+        select(*(getattr(TimeEntry, name) for name in READ_COLUMNS)).where(TimeEntry.id.in_(ids))
+    )
+    return {row.id: dict(row._mapping) for row in rows}
+
+
+def test_approve_and_unapprove_return_the_stored_rows_in_batch_order(
+    session: Session, factories: Factories
+) -> None:
+    """They render from the locked rows; what they return must be what was stored."""
+    from shared.store.columns import READ_COLUMNS
+
+    done = factories.entry(approved=True)
+    fresh = [factories.entry(), factories.entry(note="second")]
+    batch = [{"id": fresh[1].id}, {"id": done.id}, {"id": fresh[0].id}]
+    ids = [item["id"] for item in batch]
+    admin = load_context(session, 2110, 7783)
+    for apply in (approve_entries, unapprove_entries):
+        rows = apply(session, admin, batch, progress)
+        assert [row["id"] for row in rows] == ids
+        stored = stored_rows(session, ids)
+        assert [{name: row[name] for name in READ_COLUMNS} for row in rows] == [
+            stored[i] for i in ids
+        ]
+    assert all(row["approved"] is False for row in stored.values())
+
+
+def test_a_workflow_approve_returns_partly_approved_entries_as_stored(session: Session) -> None:
+    from shared.store.columns import READ_COLUMNS
+
+    entry_id = workflow_entry(session)
+    rows = approve_entries(session, load_context(session, 2111, 7792), [{"id": entry_id}], progress)
+    assert rows[0]["approved"] is False  # Wanda has not approved yet
+    assert {name: rows[0][name] for name in READ_COLUMNS} == stored_rows(session, [entry_id])[
+        entry_id
+    ]

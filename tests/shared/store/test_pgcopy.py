@@ -48,6 +48,24 @@ def test_copy_rows_writes_every_row_on_the_session_s_transaction(session: Sessio
     assert stored.billable_time == 0 and stored.approved is False  # server defaults apply
 
 
+def test_copy_rows_with_types_writes_binary_the_same_rows(session: Session) -> None:
+    notes = ["tab\there", "back\\slash \\N", None]
+    ids = next_ids(session, "time_entries", len(notes))
+    rows = [(i, *entry(n, note)) for n, (i, note) in enumerate(zip(ids, notes, strict=True))]
+    types = ("bigint", "bigint", "bigint", "bigint", "date", "integer", "text", "text", "text", "text")  # fmt: skip
+    assert copy_rows(session, "time_entries", ("id", *COLUMNS), rows, types=types) == 3
+    assert notes_of(session, ids) == dict(zip(ids, notes, strict=True))
+    stored = session.get_one(TimeEntry, ids[2])
+    assert (stored.date, stored.time, stored.currency) == (dt.date(2026, 1, 3), 2, "EUR")
+    calls: list[int] = []
+    scratch_table(session, "scratch_entries", "time_entries", ["updated_at"])
+    at = dt.datetime(2026, 1, 1, 12, 30, 0, 123456, tzinfo=dt.UTC)
+    many = ((n, at) for n in range(PROGRESS_EVERY + 1))
+    copied = copy_rows(session, "scratch_entries", ["id", "updated_at"], many, calls.append, types=("bigint", "timestamptz"))  # fmt: skip
+    assert (copied, calls) == (PROGRESS_EVERY + 1, [PROGRESS_EVERY])
+    assert session.scalar(text("SELECT updated_at FROM scratch_entries WHERE id = 7")) == at
+
+
 def test_copy_rows_reports_progress_every_thousand_rows(session: Session) -> None:
     calls: list[int] = []
     count = 2 * PROGRESS_EVERY + 500

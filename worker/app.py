@@ -1,4 +1,5 @@
-"""The worker's Celery app: the shared configuration plus the job task."""
+"""The worker's Celery app: the shared configuration plus its tasks (jobs, housekeeping, and
+webhook deliveries, which the webhooks process takes)."""
 
 from __future__ import annotations
 
@@ -157,12 +158,13 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
         return outcome
 
     def publish_job_deliveries(key: uuid.UUID) -> None:
-        with Session(holder.engine) as session, session.begin():
-            deliveries = claim_unpublished(session, key)
         try:
+            with Session(holder.engine) as session, session.begin():
+                deliveries = claim_unpublished(session, key)
             publish_deliveries(app, deliveries)
         except Exception:
-            # Stamped already: the sweeper sends them once they are overdue.
+            # The job is done whatever happens here: the sweeper sends what is left pending
+            # once it is overdue (unstamped, or stamped and its message lost).
             logger.warning("could not publish the deliveries of job %s", key, exc_info=True)
 
     # A receiver's answer decides the next attempt; a database fault is tried again (the

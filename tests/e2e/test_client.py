@@ -227,18 +227,26 @@ def test_submit_and_wait_for_2000_entries(
 SUMMARY = re.compile(r"created 300 time entries in \d+\.\d s \(job ([0-9a-f-]{36})\)\n")
 
 
-def test_submit_and_wait_follows_the_job_s_event_stream(
-    logged_server: tuple[str, list[tuple[str, int]]],
-    credentials: dict[str, str],
-    tmp_path: Path,
-) -> None:
+def submit_and_wait(
+    logged_server: tuple[str, list[tuple[str, int]]], credentials: dict[str, str], tmp_path: Path
+) -> tuple[str, list[tuple[str, int]], Any]:
+    """`timebatch submit --wait` of 300 entries, succeeded: the job's path, the requests the
+    server saw, and the command's result."""
     url, seen = logged_server
     document = create_file(tmp_path / "batch.json", 300)
     result = cli("submit", str(document), "--op", "create", "--wait", "--url", url, env=credentials)
     assert result.exit_code == 0, result.output
     summary = SUMMARY.fullmatch(result.stdout)
     assert summary, result.stdout
-    job = f"/api/v2/jobs/{summary[1]}"
+    return f"/api/v2/jobs/{summary[1]}", seen, result
+
+
+def test_submit_and_wait_follows_the_job_s_event_stream(
+    logged_server: tuple[str, list[tuple[str, int]]],
+    credentials: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    job, seen, result = submit_and_wait(logged_server, credentials, tmp_path)
     assert (f"{job}/events", 200) in seen
     # Once the stream said finished, one look at the job is its 303, then the result.
     assert [entry for entry in seen if entry[0].startswith(job)] == [
@@ -255,13 +263,7 @@ def test_submit_and_wait_polls_when_the_stream_is_refused(
     credentials: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    url, seen = logged_server
-    document = create_file(tmp_path / "batch.json", 300)
-    result = cli("submit", str(document), "--op", "create", "--wait", "--url", url, env=credentials)
-    assert result.exit_code == 0, result.output
-    summary = SUMMARY.fullmatch(result.stdout)
-    assert summary, result.stdout
-    job = f"/api/v2/jobs/{summary[1]}"
+    job, seen, result = submit_and_wait(logged_server, credentials, tmp_path)
     asked = [entry for entry in seen if entry[0].startswith(job)]
     # The stream is refused (no capacity): the client polls the job to its 303 instead.
     assert asked[0] == (f"{job}/events", 503)

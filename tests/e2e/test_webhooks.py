@@ -123,6 +123,13 @@ def settled(engine: Engine, webhook_id: int, count: int = 1) -> Callable[[], boo
     return check
 
 
+def the_delivery(engine: Engine, webhook_id: int, what: str = "the delivery") -> WebhookDelivery:
+    """The endpoint's one delivery, once it is no longer pending."""
+    eventually(settled(engine, webhook_id), what=what)
+    (delivery,) = deliveries(engine, webhook_id)
+    return delivery
+
+
 def create_job(jobs: JobClient, auth: dict[str, str], entries: int = 3) -> str:
     document = {"data": [create_resource(note=f"hook {i}") for i in range(entries)]}
     accepted = jobs.submit("POST", "/api/v2/time_entries", document, auth)
@@ -199,8 +206,7 @@ def test_a_failing_receiver_gets_the_same_delivery_until_it_answers_2xx(
     hook_id, secret = endpoint(receiver.url)
     create_job(hook_client, e2e_auth())
 
-    eventually(settled(e2e_db, hook_id), what="the delivery")
-    (delivery,) = deliveries(e2e_db, hook_id)
+    delivery = the_delivery(e2e_db, hook_id)
     assert (delivery.status, delivery.attempts, delivery.last_response_status) == (
         DeliveryStatus.DELIVERED,
         3,
@@ -225,8 +231,7 @@ def test_410_disables_the_endpoint(
     hook_id, _ = endpoint(receiver.url)
     create_job(hook_client, e2e_auth())
 
-    eventually(settled(e2e_db, hook_id), what="the delivery")
-    (delivery,) = deliveries(e2e_db, hook_id)
+    delivery = the_delivery(e2e_db, hook_id)
     assert (delivery.status, delivery.attempts, delivery.last_response_status) == (
         DeliveryStatus.FAILED,
         1,
@@ -355,8 +360,7 @@ def test_a_private_target_is_refused_at_delivery_too(
     worker_factory(strict, webhooks=True)
     create_job(hook_client, e2e_auth())
 
-    eventually(settled(e2e_db, hook_id), what="the refused delivery")
-    (delivery,) = deliveries(e2e_db, hook_id)
+    delivery = the_delivery(e2e_db, hook_id, "the refused delivery")
     assert (delivery.status, delivery.attempts, delivery.last_response_status) == (
         DeliveryStatus.FAILED,
         2,

@@ -47,7 +47,13 @@ QUICK_SIZES = (100, 1_000, 10_000)
 OPS_SIZE = 10_000
 TARGET_SIZE = 10_000
 MEMORY_SIZE = 100_000
-MEMORY_LIMIT_MIB = 1024.0
+# The most either process (the largest single web or worker process) may hold at 100,000.
+MEMORY_LIMIT_MIB = 256.0
+# Beyond the body itself, the most the worker's peak may grow per entry (from 10,000 on).
+SLOPE_LIMIT_BYTES = 1024.0
+CREATE_TARGET = 2.0
+# Each other operation's apply time at OPS_SIZE, against create's, at most.
+OPS_TARGET = 1.2
 PREFER_WAIT = 60
 # The naive peer is skipped at a size where one request would take longer than this.
 NAIVE_BUDGET = 300.0
@@ -405,8 +411,8 @@ class Bench:
                 Ratio(
                     f"create {size:,} end-to-end / floor",
                     value,
-                    "<= 3x" if target else None,
-                    None if value is None else value <= 3,
+                    f"<= {CREATE_TARGET:g}x" if target else None,
+                    None if value is None else value <= CREATE_TARGET,
                     f"[{variant}]",
                 )
             )
@@ -464,25 +470,8 @@ class Bench:
                     None if value is None else value <= most,
                 )
             )
-        memory_row = self.rows.get(("create", MEMORY_SIZE, "poll"))
-        peaks = [
-            sample["worker_peak_mib"]
-            for key in (("create", MEMORY_SIZE, "poll"), ("create", MEMORY_SIZE, "prefer"))
-            if key in self.rows
-            for sample in self.rows[key].samples
-        ]
-        peak = max(peaks) if peaks else None
-        found.append(
-            Ratio(
-                f"create {MEMORY_SIZE:,}: worker peak memory / 1 GiB",
-                None if peak is None else peak / MEMORY_LIMIT_MIB,
-                "< 1x",
-                None if peak is None else peak < MEMORY_LIMIT_MIB,
-                "not measured (size not run)"
-                if memory_row is None
-                else f"completed, worker peak {peak:,.0f} MiB (largest of all runs)",
-            )
-        )
+        found.extend(self.ops_ratios())
+        found.extend(self.memory_ratios())
         if self.scenario is not None:
             found.extend(self.scenario.ratios())
         if self.streams is not None:
@@ -490,6 +479,92 @@ class Bench:
         if self.webhooks is not None:
             found.extend(self.webhooks.ratios())
         return found
+
+    def ops_ratios(self) -> list[Ratio]:
+        create = self.rows.get(("create", OPS_SIZE, "poll"))
+        found = []
+        for operation in ("update", "approve", "unapprove"):
+            row = self.rows.get((operation, OPS_SIZE, "poll"))
+            value = ratio(
+                row.median("apply_ms") if row else None,
+                create.median("apply_ms") if create else None,
+            )
+            found.append(
+                Ratio(
+                    f"{operation} {OPS_SIZE:,} apply / create apply",
+                    value,
+                    f"<= {OPS_TARGET:g}x",
+                    None if value is None else value <= OPS_TARGET,
+                )
+            )
+        return found
+
+    def peak(self, size: int, key: str) -> float | None:
+        """The largest peak of one process kind over every create of that size."""
+        peaks = [
+            sample[key]
+            for variant in ("poll", "prefer")
+            for sample in self.rows.get(("create", size, variant), Row("", 0, "")).samples
+            if key in sample
+        ]
+        return max(peaks) if peaks else None
+
+    def memory_ratios(self) -> list[Ratio]:
+        found = []
+        for key, process in (("worker_peak_mib", "worker"), ("web_peak_mib", "web")):
+            peak = self.peak(MEMORY_SIZE, key)
+            found.append(
+                Ratio(
+                    f"create {MEMORY_SIZE:,}: {process} peak / {MEMORY_LIMIT_MIB:g} MiB",
+                    ratio(peak, MEMORY_LIMIT_MIB),
+                    "< 1x",
+                    None if peak is None else peak < MEMORY_LIMIT_MIB,
+                    "not measured (size not run)"
+                    if peak is None
+                    else f"{peak:,.0f} MiB (largest process, largest of all runs)",
+                )
+            )
+        low, high = (
+            self.peak(OPS_SIZE, "worker_peak_mib"),
+            self.peak(MEMORY_SIZE, "worker_peak_mib"),
+        )
+        slope = beyond = None
+        detail = f"not measured (needs sizes {OPS_SIZE:,} and {MEMORY_SIZE:,})"
+        if low is not None and high is not None:
+            entries = MEMORY_SIZE - OPS_SIZE
+            slope = (high - low) * 1024 * 1024 / entries
+            body = (len(create_body(MEMORY_SIZE)) - len(create_body(OPS_SIZE))) / entries
+            beyond = slope - body
+            detail = (
+                f"worker peak {low:,.0f} -> {high:,.0f} MiB: {slope:,.0f} B/entry,"
+                f" body {body:,.0f} B/entry, beyond it {beyond:,.0f} B/entry"
+            )
+        found.append(
+            Ratio(
+                f"worker growth per entry beyond the body / {SLOPE_LIMIT_BYTES:g} B",
+                ratio(beyond, SLOPE_LIMIT_BYTES),
+                "< 1x",
+                None if beyond is None else beyond < SLOPE_LIMIT_BYTES,
+                detail,
+            )
+        )
+        return found
+
+    def breakdown(self) -> list[str]:
+        """Where create's end-to-end time goes, beside the floor's phases, per size."""
+        lines = []
+        for size in self.args.sizes:
+            row = self.rows.get(("create", size, "poll"))
+            if row is None:
+                continue
+            parts = [
+                f"{name} {row.median(name + '_ms') or 0:,.1f}"
+                for name in ("submit", "queue", "apply", "fetch")
+            ]
+            lines.append(
+                f"create {size:>7,} ms: " + ", ".join(parts) + f"; e2e {row.median('e2e_ms'):,.1f}"
+            )
+        return lines
 
     def floor_breakdown(self) -> list[str]:
         lines = []
@@ -499,7 +574,12 @@ class Bench:
             for name in names:
                 values = sorted(run[name] for run in runs)
                 parts.append(f"{name} {values[len(values) // 2] * 1000:,.1f}")
-            lines.append(f"floor {size:>7,} ms: " + ", ".join(parts))
+            totals = sorted(run["total"] for run in runs)
+            lines.append(
+                f"floor  {size:>7,} ms: "
+                + ", ".join(parts)
+                + f"; total {totals[len(totals) // 2] * 1000:,.1f}"
+            )
         for size in sorted(self.floor_phases):
             row = self.rows[("create", size, "submit floor")]
             bytea, jsonb = row.median("submit_ms"), row.median("jsonb_ms")
@@ -536,6 +616,7 @@ def render(bench: Bench, env: dict[str, Any]) -> str:
         "",
         table(bench.ordered_rows()),
         "",
+        *bench.breakdown(),
         *bench.floor_breakdown(),
         *(bench.scenario.lines() if bench.scenario is not None else ()),
         *(bench.streams.lines() if bench.streams is not None else ()),

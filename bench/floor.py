@@ -41,7 +41,7 @@ from sqlalchemy import create_engine, make_url
 from sqlalchemy.orm import Session
 
 from shared.domain import documents
-from shared.domain.context import load_context
+from shared.domain.context import BatchResult, load_context
 from shared.domain.costs import CurrencyBook, entry_costs
 from shared.domain.entries import create_entries
 from shared.jsonapi.render import RELATIONSHIPS
@@ -314,7 +314,8 @@ class SmallFloor:
         started = time.perf_counter()
         with Session(self.engine) as session, session.begin():
             ctx = load_context(session, self.organization_id, self.caller_id, {})
-            items = documents.items(Operation.CREATE, body)
-            rows = create_entries(session, ctx, items, lambda processed: None)
-            payload = ctx.renderer(ctx.related(session, rows)).encode_collection(rows)
+            result = BatchResult(session, ctx)
+            chunks = documents.chunks(Operation.CREATE, body)
+            create_entries(session, ctx, chunks, lambda processed: None, result.add)
+            payload = result.finish()
         return time.perf_counter() - started, payload

@@ -94,6 +94,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--strict", action="store_true", help="exit with status 1 when a target is missed"
     )
     parser.add_argument(
+        "--no-naive", action="store_true", help="skip the naive peer (minutes at 100,000)"
+    )
+    parser.add_argument(
         "--pipeline-only",
         action="store_true",
         help="skip the scenarios on stacks of their own (fairness, event streams, webhooks)",
@@ -377,8 +380,9 @@ class Bench:
                 self.cleanup()
                 self.measure_create(size, body, prefer=True)
                 self.cleanup()
-                self.measure_naive(size, body, repetition)
-                self.cleanup()
+                if not self.args.no_naive:
+                    self.measure_naive(size, body, repetition)
+                    self.cleanup()
 
     # ----------------------------------------------------------------------------- results
 

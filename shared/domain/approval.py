@@ -14,8 +14,15 @@ from typing import Any
 from sqlalchemy import Row, delete, insert, select, text
 from sqlalchemy.orm import Session
 
-from shared.domain.context import IDS, LOCKED_NAMES, BatchContext, Progress, lock_entries
-from shared.domain.documents import Item
+from shared.domain.context import (
+    IDS,
+    LOCKED_NAMES,
+    BatchContext,
+    Progress,
+    Written,
+    lock_entries,
+)
+from shared.domain.documents import Item, whole
 from shared.domain.problems import not_found, pointer
 from shared.jsonapi.errors import ApiError, Problem
 from shared.store.models import ApprovalStatus, Person, Service
@@ -99,9 +106,10 @@ def _locked(
 def approve_entries(
     session: Session,
     ctx: BatchContext,
-    items: Sequence[Item],
+    chunks: Iterable[Sequence[Item]],
     progress: Progress,
-) -> list[dict[str, Any]]:
+    written: Written,
+) -> None:
     caller = ctx.caller
     for_all_approvers = bool(ctx.options.get("for_all_approvers", False))
     if for_all_approvers and not caller.can_approve_all:
@@ -113,6 +121,8 @@ def approve_entries(
         )
     if not (caller.can_approve or caller.can_approve_all):
         raise ApiError.one(403, "Forbidden", "you do not have the permission to approve time")
+    # Whole: its entries are locked in one pass, in id order (see lock_entries).
+    items = whole(chunks)
     problems: list[Problem] = []
     entries = _locked(session, ctx, items, problems)
     pending = [e for e in entries.values() if not e.approved]
@@ -179,15 +189,20 @@ def approve_entries(
             },
         )
     progress(len(items))
-    return _written(items, entries, to_approve, approved)
+    written(_written(items, entries, to_approve, approved))
 
 
 def unapprove_entries(
-    session: Session, ctx: BatchContext, items: Sequence[Item], progress: Progress
-) -> list[dict[str, Any]]:
+    session: Session,
+    ctx: BatchContext,
+    chunks: Iterable[Sequence[Item]],
+    progress: Progress,
+    written: Written,
+) -> None:
     caller = ctx.caller
     if not (caller.can_approve or caller.can_approve_all):
         raise ApiError.one(403, "Forbidden", "you do not have the permission to unapprove time")
+    items = whole(chunks)
     problems: list[Problem] = []
     entries = _locked(session, ctx, items, problems)
     for index, item in enumerate(items):
@@ -225,4 +240,4 @@ def unapprove_entries(
         "updater_id": caller.id,
         "last_actor_id": caller.id,
     }
-    return _written(items, entries, ids, unapproved)
+    written(_written(items, entries, ids, unapproved))

@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import BigInteger
 
 from shared.domain.costs import CurrencyBook
-from shared.jsonapi.render import EntryRenderer, Related
+from shared.jsonapi.render import CompressedCollection, EntryRenderer, Related
 from shared.store.models import ExchangeRate, Organization, Person, Service, Task, TimeEntry
-from shared.store.queries import ENTRY_COLUMNS, referenced
+from shared.store.queries import ENTRY_COLUMNS, ENTRY_INCLUDES, referenced
 
 # Told how many items of the batch are written so far.
 Progress = Callable[[int], None]
@@ -38,12 +38,44 @@ class BatchContext:
     def organization_id(self) -> int:
         return self.organization.id
 
-    def related(self, session: Session, rows: Sequence[Mapping[Any, Any]]) -> Related:
-        """What these entries reference among what the submission asked to include."""
-        return referenced(session, self.organization_id, rows, self.options.get("include", ()))
-
     def renderer(self, related: Related | None = None) -> EntryRenderer:
         return EntryRenderer(self.organization.id, self.organization.time_zone, related)
+
+
+# Told the rows a chunk of the batch wrote, as stored now, in batch order.
+Written = Callable[[Sequence[Mapping[Any, Any]]], None]
+
+
+class BatchResult:
+    """A batch's answer, built while it is applied: each chunk of written rows is rendered,
+    with what it references among what the submission asked to include, and compressed."""
+
+    def __init__(self, session: Session, ctx: BatchContext) -> None:
+        self.session = session
+        self.ctx = ctx
+        include = ctx.options.get("include", ())
+        self.related: dict[str, dict[int, Any]] = {
+            name: {} for name in ENTRY_INCLUDES if name in include
+        }
+        self._collection: CompressedCollection | None = None
+
+    @property
+    def collection(self) -> CompressedCollection:
+        # Made when the first rows come: a batch refused before writing renders nothing.
+        if self._collection is None:
+            self._collection = CompressedCollection(self.ctx.renderer(self.related))
+        return self._collection
+
+    def add(self, rows: Sequence[Mapping[Any, Any]]) -> None:
+        if self.related:
+            found = referenced(self.session, self.ctx.organization_id, rows, self.related)
+            for name, resources in found.items():
+                self.related[name].update(resources)
+        self.collection.add(rows)
+
+    def finish(self) -> bytes:
+        """The gzip-compressed collection document."""
+        return self.collection.finish()
 
 
 def load_context(

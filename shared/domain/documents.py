@@ -10,11 +10,12 @@ document's request schemas are generated from these structs (api/openapi.py).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
-from msgspec import UNSET, Meta, Struct, UnsetType
+from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
 from shared.domain.limits import (
     DATE_PATTERN,
@@ -180,7 +181,41 @@ DOCUMENTS: dict[Operation, type[_Document]] = {
     Operation.UNAPPROVE: ReferenceDocument,
 }
 WRITABLE = UpdateAttributes.__struct_fields__
-_decoders = {op: msgspec.json.Decoder(kind) for op, kind in DOCUMENTS.items()}
+# A batch is decoded and applied this many resources at a time, so that neither the API nor
+# the worker ever holds the typed form of a whole 100,000-entry batch.
+CHUNK = 1000
+
+
+def _outline_of(kind: type[_Document]) -> type[Struct]:
+    """The document with `data` left as the raw text of each resource: decoding it checks
+    every top-level member and finds where each resource starts and ends, nothing more."""
+    members = [
+        (f.name, list[Raw]) if f.name == "data" else (f.name, f.type, f.default)
+        for f in msgspec.structs.fields(kind)
+    ]
+    return msgspec.defstruct(
+        kind.__name__.replace("Document", "Outline"),
+        members,
+        bases=(_Document,),
+        kw_only=True,
+        forbid_unknown_fields=True,
+        gc=False,
+    )
+
+
+def _resource_type(kind: type[_Document]) -> Any:
+    (data,) = (f.type for f in msgspec.structs.fields(kind) if f.name == "data")
+    (listed,) = get_args(get_args(data)[0])
+    return listed
+
+
+_outlines = {op: msgspec.json.Decoder(_outline_of(kind)) for op, kind in DOCUMENTS.items()}
+_resources = {
+    op: msgspec.json.Decoder(list[_resource_type(kind)])  # type: ignore[misc]
+    for op, kind in DOCUMENTS.items()
+}
+# Where msgspec says a problem is, in a chunk: "$[3]" is resource 3 of the chunk.
+_WHERE = re.compile(r"`\$\[(\d+)\]")
 
 
 def _number(decoded_id: int | float | str) -> int:
@@ -192,31 +227,62 @@ class NotWellFormed(ValueError):
     """The body is not the common valid shape; the full checker says why."""
 
 
-def decode(operation: Operation, body: bytes) -> Any:
-    """The typed document, or NotWellFormed. Checks everything that needs no database."""
+def _outline(operation: Operation, body: bytes) -> Any:
     try:
-        document: Any = _decoders[operation].decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        outline: Any = _outlines[operation].decode(body)
+    # Skipping over each resource's raw text descends into all of it: a deeply nested one
+    # ends in RecursionError rather than in the type error the typed decode would stop at.
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
         raise NotWellFormed(str(exc)) from None
-    data = document.data
-    if operation == Operation.CREATE:
-        for resource in data:
-            if not MIN_DATE <= resource.attributes.date <= MAX_DATE:
-                raise NotWellFormed("date out of range")
-    else:
-        ids = {_number(resource.id) for resource in data}
-        if len(ids) != len(data):
-            raise NotWellFormed("duplicate ids")
-        if operation == Operation.UPDATE:
-            for resource in data:
-                attributes = resource.attributes
-                if (
-                    attributes is not UNSET
-                    and attributes.date is not UNSET
-                    and not MIN_DATE <= attributes.date <= MAX_DATE
-                ):
+    if not outline.data:
+        raise NotWellFormed("Expected `array` of length >= 1 - at `$.data`")
+    return outline
+
+
+def _in_batch(message: str, start: int) -> str:
+    """msgspec's message about a chunk, pointing into the whole batch instead."""
+    return _WHERE.sub(lambda found: f"`$.data[{start + int(found[1])}]", message)
+
+
+def _typed(operation: Operation, outline: Any) -> Iterator[list[Any]]:
+    """The resources of a checked outline, CHUNK at a time, each checked as a whole body's
+    would be: shape, types, formats, dates in range, each entry named once."""
+    decoder = _resources[operation]
+    raw = outline.data
+    seen: set[int] = set()
+    for start in range(0, len(raw), CHUNK):
+        try:
+            chunk = decoder.decode(b"[" + b",".join(raw[start : start + CHUNK]) + b"]")
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise NotWellFormed(_in_batch(str(exc), start)) from None
+        if operation == Operation.CREATE:
+            for resource in chunk:
+                if not MIN_DATE <= resource.attributes.date <= MAX_DATE:
                     raise NotWellFormed("date out of range")
-    return document
+        else:
+            seen.update(_number(resource.id) for resource in chunk)
+            if len(seen) != start + len(chunk):
+                raise NotWellFormed("duplicate ids")
+            if operation == Operation.UPDATE:
+                for resource in chunk:
+                    attributes = resource.attributes
+                    if (
+                        attributes is not UNSET
+                        and attributes.date is not UNSET
+                        and not MIN_DATE <= attributes.date <= MAX_DATE
+                    ):
+                        raise NotWellFormed("date out of range")
+        yield chunk
+
+
+def decode(operation: Operation, body: bytes) -> Any:
+    """The checked document, or NotWellFormed: everything that needs no database. Its `data`
+    holds each resource's raw text (its length is the batch's); the resources are decoded a
+    chunk at a time and let go."""
+    outline = _outline(operation, body)
+    for _ in _typed(operation, outline):
+        pass
+    return outline
 
 
 def _item(resource: Any, with_id: bool) -> dict[str, Any]:
@@ -241,9 +307,19 @@ def _item(resource: Any, with_id: bool) -> dict[str, Any]:
     return item
 
 
-def items(operation: Operation, body: bytes) -> list[dict[str, Any]]:
-    """The items a job applies, from its stored body: one dict per resource, relationships
-    flattened to person_id / service_id / task_id, dates as ISO strings."""
-    document = decode(operation, body)
+def chunks(operation: Operation, body: bytes) -> Iterator[list[Item]]:
+    """The items a job applies, from its stored body, CHUNK at a time: one dict per resource,
+    relationships flattened to person_id / service_id / task_id, dates as ISO strings."""
     with_id = operation != Operation.CREATE
-    return [_item(resource, with_id) for resource in document.data]
+    for chunk in _typed(operation, _outline(operation, body)):
+        yield [_item(resource, with_id) for resource in chunk]
+
+
+def whole(chunks: Iterable[Sequence[Item]]) -> list[Item]:
+    """The items of every chunk in one list, for what must see the batch at once."""
+    return [item for chunk in chunks for item in chunk]
+
+
+def items(operation: Operation, body: bytes) -> list[Item]:
+    """Every item of the body at once."""
+    return whole(chunks(operation, body))

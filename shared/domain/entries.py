@@ -7,7 +7,7 @@ Each raises ApiError with every problem found, or returns the rows written, in b
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -19,19 +19,19 @@ from shared.domain.context import (
     LOCKED_NAMES,
     BatchContext,
     Progress,
+    Referenced,
+    Written,
     lock_entries,
     referenced_by_id,
 )
 from shared.domain.costs import MissingExchangeRate, entry_costs
-from shared.domain.documents import Item
+from shared.domain.documents import CHUNK, Item, whole
 from shared.domain.locks import edit_refusal
 from shared.domain.problems import forbidden_for, not_found, pointer
 from shared.jsonapi.errors import ApiError, Problem
 from shared.store.columns import COST_COLUMNS
 from shared.store.models import Person, Service, Task, TimeEntry
 from shared.store.pgcopy import copy_rows, next_ids, scratch_table
-
-CHUNK = 1000
 
 
 def may_edit_time_of(caller: Person, person_id: int) -> bool:
@@ -92,23 +92,36 @@ _UPDATE_SQL = text(
 
 
 class _Refs:
-    """Everything a batch refers to, fetched with one query per kind."""
+    """Everything a batch refers to, fetched with one query per kind for each chunk that names
+    ids not seen yet (a batch names a few people and services many times)."""
 
-    def __init__(
-        self,
-        session: Session,
-        ctx: BatchContext,
-        people: Collection[int],
-        services: Collection[int],
-        tasks: Collection[int | None],
-    ) -> None:
-        self.people = referenced_by_id(session, ctx, Person, set(people))
-        self.services = referenced_by_id(session, ctx, Service, set(services))
-        self.tasks = referenced_by_id(session, ctx, Task, {t for t in tasks if t is not None})
+    def __init__(self, session: Session, ctx: BatchContext) -> None:
+        self.session = session
+        self.ctx = ctx
+        self.people: dict[int, Person] = {}
+        self.services: dict[int, Service] = {}
+        self.tasks: dict[int, Task] = {}
+        self._asked: dict[type[Any], set[int]] = {Person: set(), Service: set(), Task: set()}
         self.costs: dict[tuple[int, int, str], dict[str, int | str]] = {}
         # What _derive found for references and minutes it raised no problem with, keyed by
         # everything it reads: a batch repeats a few of them many times. Shared: read only.
         self.derived: dict[tuple[int, int, int | None, int, bool], dict[str, Any]] = {}
+
+    def load(
+        self, people: Collection[int], services: Collection[int], tasks: Collection[int | None]
+    ) -> None:
+        self._fetch(Person, self.people, people)
+        self._fetch(Service, self.services, services)
+        self._fetch(Task, self.tasks, tasks)
+
+    def _fetch(
+        self, model: type[Referenced], found: dict[int, Referenced], ids: Collection[int | None]
+    ) -> None:
+        asked = self._asked[model]
+        new = {i for i in ids if i is not None and i not in asked}
+        if new:
+            asked.update(new)
+            found.update(referenced_by_id(self.session, self.ctx, model, new))
 
 
 # What _derive checks of a merged entry: its person, service, task and minutes.
@@ -208,67 +221,82 @@ def _check(
 
 
 def create_entries(
-    session: Session, ctx: BatchContext, items: Sequence[Item], progress: Progress
-) -> list[dict[str, Any]]:
-    refs = _Refs(
-        session,
-        ctx,
-        {i["person_id"] for i in items if "person_id" in i},
-        {i["service_id"] for i in items if "service_id" in i},
-        {i.get("task_id") for i in items},
-    )
+    session: Session,
+    ctx: BatchContext,
+    chunks: Iterable[Sequence[Item]],
+    progress: Progress,
+    written: Written,
+) -> None:
+    """Chunk by chunk: check, COPY in, hand on what was written. After the first problem the
+    rest is only checked, so the client hears of every problem; the caller rolls back."""
+    refs = _Refs(session, ctx)
     problems: list[Problem] = []
-    rows: list[dict[str, Any]] = []
     now = ctx.now
     caller_id = ctx.caller.id
-    for index, item in enumerate(items):
-        values = {
-            "organization_id": ctx.organization_id,
-            "person_id": item["person_id"],
-            "service_id": item["service_id"],
-            "task_id": item.get("task_id"),
-            "date": dt.date.fromisoformat(item["date"]),
-            "time": item.get("time", 0),
-            "note": item.get("note"),
-            "creator_id": caller_id,
-            "updater_id": caller_id,
-            "last_actor_id": caller_id,
-            "created_at": now,
-            "updated_at": now,
-            "last_activity_at": now,
-        }
-        merged = (values["person_id"], values["service_id"], values["task_id"], values["time"])
-        derived = _derive(ctx, index, merged, refs, problems, check_person=True)
-        if derived is not None and not problems:
-            rows.append(values | derived)
+    workflow = ctx.organization.approval_workflow
+    fallback = approve_all_people(session, ctx) if workflow else []
+    names = ["id", *(name for name, _ in INSERTABLE)]
+    offset = 0
+    for items in chunks:
+        refs.load(
+            {i["person_id"] for i in items},
+            {i["service_id"] for i in items},
+            {i.get("task_id") for i in items},
+        )
+        rows: list[dict[str, Any]] = []
+        for index, item in enumerate(items, offset):
+            values = {
+                "organization_id": ctx.organization_id,
+                "person_id": item["person_id"],
+                "service_id": item["service_id"],
+                "task_id": item.get("task_id"),
+                "date": dt.date.fromisoformat(item["date"]),
+                "time": item.get("time", 0),
+                "note": item.get("note"),
+                "creator_id": caller_id,
+                "updater_id": caller_id,
+                "last_actor_id": caller_id,
+                "created_at": now,
+                "updated_at": now,
+                "last_activity_at": now,
+            }
+            merged = (values["person_id"], values["service_id"], values["task_id"], values["time"])
+            derived = _derive(ctx, index, merged, refs, problems, check_person=True)
+            if derived is not None and not problems:
+                rows.append(values | derived)
+        offset += len(items)
+        if problems:
+            continue
+        ids = next_ids(session, "time_entries", len(rows))
+        copy_rows(
+            session,
+            "time_entries",
+            names,
+            (
+                [entry_id, *(row[name] for name in names[1:])]
+                for entry_id, row in zip(ids, rows, strict=True)
+            ),
+        )
+        created = [
+            CREATED_DEFAULTS | row | {"id": entry_id}
+            for entry_id, row in zip(ids, rows, strict=True)
+        ]
+        if workflow:
+            add_pending_statuses(
+                session,
+                {
+                    row["id"]: required_approvers(
+                        refs.people.get(row["person_id"]),
+                        refs.services.get(row["service_id"]),
+                        fallback,
+                    )
+                    for row in created
+                },
+            )
+        progress(offset)
+        written(created)
     if problems:
         raise ApiError(problems)
-    if ctx.organization.approval_workflow:
-        fallback = approve_all_people(session, ctx)
-        approvers = [
-            required_approvers(
-                refs.people.get(r["person_id"]), refs.services.get(r["service_id"]), fallback
-            )
-            for r in rows
-        ]
-    ids = next_ids(session, "time_entries", len(rows))
-    names = ["id", *(name for name, _ in INSERTABLE)]
-    copy_rows(
-        session,
-        "time_entries",
-        names,
-        (
-            [entry_id, *(row[name] for name in names[1:])]
-            for entry_id, row in zip(ids, rows, strict=True)
-        ),
-        progress,
-    )
-    written = [
-        CREATED_DEFAULTS | row | {"id": entry_id} for entry_id, row in zip(ids, rows, strict=True)
-    ]
-    if ctx.organization.approval_workflow:
-        add_pending_statuses(session, {row["id"]: approvers[n] for n, row in enumerate(written)})
-    return written
 
 
 REPRICING_FIELDS = frozenset({"time", "person_id", "service_id"})
@@ -300,8 +328,14 @@ _MERGED = itemgetter("person_id", "service_id", "task_id", "time")
 
 
 def update_entries(
-    session: Session, ctx: BatchContext, items: Sequence[Item], progress: Progress
-) -> list[dict[str, Any]]:
+    session: Session,
+    ctx: BatchContext,
+    chunks: Iterable[Sequence[Item]],
+    progress: Progress,
+    written: Written,
+) -> None:
+    # Whole: its entries are locked in one pass, in id order (see lock_entries).
+    items = whole(chunks)
     problems: list[Problem] = []
     entries = _locked_entries(session, ctx, items, problems)
     people: set[int] = set()
@@ -313,7 +347,8 @@ def update_entries(
             people.add(item.get("person_id", entry.person_id))
             services.add(item.get("service_id", entry.service_id))
             tasks.add(item.get("task_id", entry.task_id))
-    refs = _Refs(session, ctx, people, services, tasks)
+    refs = _Refs(session, ctx)
+    refs.load(people, services, tasks)
     updates: list[dict[str, Any]] = []
     caller_id = ctx.caller.id
     now = ctx.now
@@ -350,12 +385,18 @@ def update_entries(
     )
     session.execute(_UPDATE_SQL)
     # The stored rows are the locked ones with these values: render from memory.
-    return updates
+    written(updates)
 
 
 def delete_entries(
-    session: Session, ctx: BatchContext, items: Sequence[Item], progress: Progress
+    session: Session,
+    ctx: BatchContext,
+    chunks: Iterable[Sequence[Item]],
+    progress: Progress,
+    written: Written,
 ) -> None:
+    """Nothing is written to answer: a delete's answer is a 204."""
+    items = whole(chunks)
     problems: list[Problem] = []
     _locked_entries(session, ctx, items, problems)
     if problems:

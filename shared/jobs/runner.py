@@ -12,27 +12,25 @@ import gc
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
-from typing import Any
 
 from sqlalchemy import Engine, case, func, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from shared.domain import documents
 from shared.domain.approval import approve_entries, unapprove_entries
-from shared.domain.context import BatchContext, Progress, load_context
+from shared.domain.context import BatchContext, BatchResult, Progress, Written, load_context
 from shared.domain.documents import Item
 from shared.domain.entries import create_entries, delete_entries, update_entries
 from shared.jsonapi.errors import ApiError
 from shared.jsonapi.render import gzip_document
+from shared.store.engine import commit_without_flush
 from shared.store.models import UNFINISHED_STATUSES, Job, JobStatus, Operation
 from shared.store.notify import notify_finished, notify_progress
 from shared.webhooks.outbox import record_job_event
 
-Apply = Callable[
-    [Session, BatchContext, Sequence[Item], Progress], Sequence[Mapping[Any, Any]] | None
-]
+Apply = Callable[[Session, BatchContext, Iterable[Sequence[Item]], Progress, Written], None]
 
 # Each operation's domain function and the HTTP status of its success.
 APPLY: dict[Operation, tuple[Apply, int]] = {
@@ -83,6 +81,7 @@ class ProgressReporter:
             return
         self._last = now
         with self.engine.begin() as connection:
+            commit_without_flush(connection)
             moved = connection.execute(
                 update(Job)
                 .where(Job.id == self.job_id, Job.status == JobStatus.RUNNING)
@@ -98,6 +97,7 @@ class ProgressReporter:
 def _mark_running(engine: Engine, job_id: uuid.UUID) -> int | None:
     """Flag the job running on a connection of its own, so pollers and streams see it at once."""
     with engine.begin() as connection:
+        commit_without_flush(connection)
         marked = connection.execute(
             update(Job)
             .where(Job.id == job_id, Job.status.in_(UNFINISHED_STATUSES))
@@ -134,6 +134,7 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             try:
                 with self.engine.begin() as connection:
+                    commit_without_flush(connection)
                     connection.execute(
                         update(Job)
                         .where(Job.id == self.job_id, Job.status == JobStatus.RUNNING)
@@ -180,7 +181,7 @@ def _run_locked(engine: Engine, job_id: uuid.UUID, max_runs: int, heartbeat: Hea
         if not locked:
             # Another worker holds this job right now; it will finish it or release the lock.
             return Outcome.BUSY
-        job = session.get(Job, job_id, populate_existing=True)
+        job = session.get(Job, job_id, populate_existing=True, options=[undefer(Job.batch)])
         if job is None or job.status not in UNFINISHED_STATUSES:
             return Outcome.SKIPPED
         attempts = _mark_running(engine, job_id)
@@ -201,18 +202,17 @@ def _run_locked(engine: Engine, job_id: uuid.UUID, max_runs: int, heartbeat: Hea
         operation = Operation(job.operation)
         apply, success_status = APPLY[operation]
         ctx = load_context(session, job.organization_id, job.person_id, job.options)
+        result = BatchResult(session, ctx)
         savepoint = session.begin_nested()
         try:
-            batch = documents.items(operation, job.batch or b"")
-            rows = apply(session, ctx, batch, ProgressReporter(engine, job_id))
+            chunks = documents.chunks(operation, job.batch or b"")
+            apply(session, ctx, chunks, ProgressReporter(engine, job_id), result.add)
         except ApiError as exc:
             savepoint.rollback()
             _finish(session, job, JobStatus.FAILED, exc.status, stored(exc), len(exc.problems))
             return Outcome.FAILED
         savepoint.commit()
-        body = None
-        if rows is not None:
-            body = ctx.renderer(ctx.related(session, rows)).encode_collection(rows)
+        body = None if success_status == 204 else result.finish()
         _finish(session, job, JobStatus.SUCCEEDED, success_status, body, 0)
         return Outcome.SUCCEEDED
 

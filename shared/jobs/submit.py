@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session
 
 from shared.domain.tokens import Principal
 from shared.jobs.fairness import admit, load_of, lock_organization
@@ -50,12 +50,10 @@ def submit_job(
     digest = fingerprint(operation, body, options)
     organization_id = principal.organization_id
     lock_organization(session, organization_id)
-    # The stored batch can be megabytes: the submitting request has it already.
-    without_batch = select(Job).options(defer(Job.batch), defer(Job.result_body))
     if idempotency_key is not None:
         # Under the organization's lock: a racing request with the same key is seen here.
         existing = session.scalars(
-            without_batch.where(
+            select(Job).where(
                 Job.organization_id == organization_id, Job.idempotency_key == idempotency_key
             )
         ).one_or_none()
@@ -84,7 +82,7 @@ def submit_job(
         )
         .returning(Job.id)
     )
-    return session.scalars(without_batch.where(Job.id == job_id)).one(), True
+    return session.scalars(select(Job).where(Job.id == job_id)).one(), True
 
 
 def find_job(session: Session, organization_id: int, job_id: str) -> Job | None:

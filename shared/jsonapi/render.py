@@ -177,19 +177,39 @@ class EntryRenderer:
         return document
 
     def encode_collection(self, rows: Sequence[Mapping[Any, Any]]) -> bytes:
-        """The collection document, gzip-compressed, rendered and compressed in chunks so a
-        large batch never holds its whole JSON text in memory."""
-        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-        parts = [compressor.compress(b'{"data":[')]
+        """The collection document, gzip-compressed (see CompressedCollection)."""
+        collection = CompressedCollection(self)
+        collection.add(rows)
+        return collection.finish()
+
+
+class CompressedCollection:
+    """A collection document rendered and gzip-compressed as its rows come, RENDER_CHUNK
+    resources at a time: a large batch never holds its resources, nor its JSON text, whole.
+
+    The renderer's `related` must hold what each added row references before it is added;
+    `included` is rendered last, from what it holds then.
+    """
+
+    def __init__(self, renderer: EntryRenderer) -> None:
+        self.renderer = renderer
+        self._compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+        self._parts = [self._compressor.compress(b'{"data":[')]
+        self._separator = b""
+
+    def add(self, rows: Sequence[Mapping[Any, Any]]) -> None:
+        resource = self.renderer.resource
         for start in range(0, len(rows), RENDER_CHUNK):
-            chunk = [self.resource(row) for row in rows[start : start + RENDER_CHUNK]]
-            text = orjson.dumps(chunk)[1:-1]
-            parts.append(compressor.compress(b"," + text if start else text))
-        included = self.included()
+            text = orjson.dumps([resource(row) for row in rows[start : start + RENDER_CHUNK]])
+            self._parts.append(self._compressor.compress(self._separator + text[1:-1]))
+            self._separator = b","
+
+    def finish(self) -> bytes:
+        included = self.renderer.included()
         tail = b"" if included is None else b',"included":' + orjson.dumps(included)
-        parts.append(compressor.compress(b"]" + tail + b',"meta":{}}'))
-        parts.append(compressor.flush())
-        return b"".join(parts)
+        self._parts.append(self._compressor.compress(b"]" + tail + b',"meta":{}}'))
+        self._parts.append(self._compressor.flush())
+        return b"".join(self._parts)
 
 
 GZIP_LEVEL = 1

@@ -312,8 +312,9 @@ class Job(Base):
     person_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
     operation: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), server_default=text("'queued'"))
-    # The bulk document's body as received and checked (JSON bytes), and the options.
-    batch: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The bulk document's body as received and checked (JSON bytes), and the options. The
+    # batch and the result can be megabytes each: loaded only where they are read.
+    batch: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     options: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
@@ -328,7 +329,7 @@ class Job(Base):
     error_streak: Mapped[int] = mapped_column(Integer, server_default=ZERO)
     # The final answer, encoded once: HTTP status and JSON:API body bytes (None for 204).
     result_status: Mapped[int | None] = mapped_column(Integer)
-    result_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    result_body: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     created_at: Mapped[dt.datetime] = mapped_column(server_default=NOW)
     started_at: Mapped[dt.datetime | None] = mapped_column()
     finished_at: Mapped[dt.datetime | None] = mapped_column()

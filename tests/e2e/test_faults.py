@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 from sqlalchemy import Engine, func, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from api import create_app
 from shared.jobs.queue import PROCESS_JOB
@@ -54,8 +54,9 @@ def start_worker(worker_factory: Any, fault_settings: Settings) -> Any:
 
 
 def job_row(engine: Engine, job_id: str) -> Job:
+    """The whole row, its batch and result too, readable after the session closes."""
     with Session(engine) as session:
-        return session.get_one(Job, uuid.UUID(job_id))
+        return session.get_one(Job, uuid.UUID(job_id), options=[undefer("*")])
 
 
 def wait_for_status(engine: Engine, job_id: str, status: str, timeout: float = 60) -> None:

@@ -30,7 +30,7 @@ from sqlalchemy import Connection, Engine, func, make_url, select, text, update
 from sqlalchemy.exc import (
     OperationalError,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 import worker.app
 from shared.domain.documents import NotWellFormed
@@ -148,8 +148,9 @@ def queued(engine: Engine, data: list[dict[str, Any]], principal: Principal = ME
 
 
 def job_row(engine: Engine, job_id: str) -> Job:
+    """The whole row, its batch and result too, readable after the session closes."""
     with Session(engine) as session:
-        return session.get_one(Job, uuid.UUID(job_id))
+        return session.get_one(Job, uuid.UUID(job_id), options=[undefer("*")])
 
 
 def entry_count(engine: Engine) -> int:

@@ -11,6 +11,7 @@ from shared.domain.context import load_context
 from shared.domain.entries import create_entries, delete_entries, update_entries
 from shared.jsonapi.errors import ApiError
 from shared.store.models import ApprovalStatus, TimeEntry
+from tests.applying import applied
 from tests.factories import Factories
 
 progress: Any = lambda n: None  # noqa: E731
@@ -27,7 +28,8 @@ def statuses(session: Session, entry_id: int) -> dict[int, str]:
 
 def workflow_entry(session: Session) -> int:
     """An entry of Will (manager Wes 7792) on service 1223 (approver Wanda 7793)."""
-    row = create_entries(
+    row = applied(
+        create_entries,
         session,
         load_context(session, 2111, 7791),
         [{"date": "2026-03-02", "time": 60, "person_id": 7791, "service_id": 1223}],
@@ -39,15 +41,15 @@ def workflow_entry(session: Session) -> int:
 def test_approve_without_the_workflow(session: Session, factories: Factories) -> None:
     entry = factories.entry()
     ctx = load_context(session, 2110, 7782)
-    row = approve_entries(session, ctx, [{"id": entry.id}], progress)[0]
+    row = applied(approve_entries, session, ctx, [{"id": entry.id}], progress)[0]
     assert row["approved"] is True
     assert row["approved_at"] == ctx.now.replace(microsecond=0)
     assert ctx.renderer().resource(row)["attributes"]["approved_at"].endswith(".000+01:00")
     session.refresh(entry)
     assert entry.approver_id == 7782
     # approving again is a no-op for it
-    again = approve_entries(
-        session, load_context(session, 2110, 7783), [{"id": entry.id}], progress
+    again = applied(
+        approve_entries, session, load_context(session, 2110, 7783), [{"id": entry.id}], progress
     )
     assert again[0]["approved_at"] == row["approved_at"]
     session.refresh(entry)
@@ -59,7 +61,13 @@ def test_approve_without_permission_is_403_and_changes_nothing(
 ) -> None:
     entry = factories.entry()
     with pytest.raises(ApiError) as info:
-        approve_entries(session, load_context(session, 2110, 7781), [{"id": entry.id}], progress)
+        applied(
+            approve_entries,
+            session,
+            load_context(session, 2110, 7781),
+            [{"id": entry.id}],
+            progress,
+        )
     assert info.value.status == 403
     session.refresh(entry)
     assert not entry.approved
@@ -70,7 +78,13 @@ def test_approve_of_another_organizations_entry_is_404(
 ) -> None:
     foreign = factories.entry(organization_id=2112, person_id=8881, service_id=2213)
     with pytest.raises(ApiError) as info:
-        approve_entries(session, load_context(session, 2110, 7783), [{"id": foreign.id}], progress)
+        applied(
+            approve_entries,
+            session,
+            load_context(session, 2110, 7783),
+            [{"id": foreign.id}],
+            progress,
+        )
     assert info.value.status == 404
     assert info.value.problems[0].pointer == "/data/0/id"
 
@@ -82,13 +96,13 @@ def test_created_entries_get_one_status_per_required_approver(session: Session) 
 
 def test_two_approvers_approve_in_turn(session: Session) -> None:
     entry_id = workflow_entry(session)
-    first = approve_entries(
-        session, load_context(session, 2111, 7792), [{"id": entry_id}], progress
+    first = applied(
+        approve_entries, session, load_context(session, 2111, 7792), [{"id": entry_id}], progress
     )
     assert first[0]["approved"] is False
     assert statuses(session, entry_id) == {7792: "approved", 7793: "pending"}
-    second = approve_entries(
-        session, load_context(session, 2111, 7793), [{"id": entry_id}], progress
+    second = applied(
+        approve_entries, session, load_context(session, 2111, 7793), [{"id": entry_id}], progress
     )
     assert second[0]["approved"] is True
     assert session.get_one(TimeEntry, entry_id).approver_id == 7793
@@ -98,8 +112,12 @@ def test_caller_who_is_no_approver_is_403(session: Session, factories: Factories
     approver = factories.person(organization_id=2111, can_approve=True)
     entry_id = workflow_entry(session)
     with pytest.raises(ApiError) as info:
-        approve_entries(
-            session, load_context(session, 2111, approver.id), [{"id": entry_id}], progress
+        applied(
+            approve_entries,
+            session,
+            load_context(session, 2111, approver.id),
+            [{"id": entry_id}],
+            progress,
         )
     assert info.value.status == 403
     assert info.value.problems[0].pointer == "/data/0/id"
@@ -109,11 +127,11 @@ def test_for_all_approvers(session: Session) -> None:
     entry_id = workflow_entry(session)
     without = load_context(session, 2111, 7792, {"for_all_approvers": True})
     with pytest.raises(ApiError) as info:
-        approve_entries(session, without, [{"id": entry_id}], progress)
+        applied(approve_entries, session, without, [{"id": entry_id}], progress)
     assert info.value.status == 403
     assert statuses(session, entry_id) == {7792: "pending", 7793: "pending"}
     with_permission = load_context(session, 2111, 7793, {"for_all_approvers": True})
-    row = approve_entries(session, with_permission, [{"id": entry_id}], progress)[0]
+    row = applied(approve_entries, session, with_permission, [{"id": entry_id}], progress)[0]
     assert row["approved"] is True
     assert statuses(session, entry_id) == {7792: "approved", 7793: "approved"}
 
@@ -121,8 +139,8 @@ def test_for_all_approvers(session: Session) -> None:
 def test_unapprove_recreates_pending_statuses(session: Session) -> None:
     entry_id = workflow_entry(session)
     admin = load_context(session, 2111, 7793, {"for_all_approvers": True})
-    approve_entries(session, admin, [{"id": entry_id}], progress)
-    row = unapprove_entries(session, admin, [{"id": entry_id}], progress)[0]
+    applied(approve_entries, session, admin, [{"id": entry_id}], progress)
+    row = applied(unapprove_entries, session, admin, [{"id": entry_id}], progress)[0]
     assert (row["approved"], row["approved_at"]) == (False, None)
     assert statuses(session, entry_id) == {7792: "pending", 7793: "pending"}
 
@@ -130,7 +148,13 @@ def test_unapprove_recreates_pending_statuses(session: Session) -> None:
 def test_unapprove_of_invoiced_entry_is_409(session: Session, factories: Factories) -> None:
     entry = factories.entry(approved=True, invoiced=True)
     with pytest.raises(ApiError) as info:
-        unapprove_entries(session, load_context(session, 2110, 7783), [{"id": entry.id}], progress)
+        applied(
+            unapprove_entries,
+            session,
+            load_context(session, 2110, 7783),
+            [{"id": entry.id}],
+            progress,
+        )
     assert info.value.status == 409
 
 
@@ -138,9 +162,11 @@ def test_update_after_unapprove_succeeds(session: Session, factories: Factories)
     entry = factories.entry(approved=True)
     member = load_context(session, 2110, 7781)
     with pytest.raises(ApiError):
-        update_entries(session, member, [{"id": entry.id, "note": "x"}], progress)
-    unapprove_entries(session, load_context(session, 2110, 7783), [{"id": entry.id}], progress)
-    row = update_entries(session, member, [{"id": entry.id, "note": "x"}], progress)[0]
+        applied(update_entries, session, member, [{"id": entry.id, "note": "x"}], progress)
+    applied(
+        unapprove_entries, session, load_context(session, 2110, 7783), [{"id": entry.id}], progress
+    )
+    row = applied(update_entries, session, member, [{"id": entry.id, "note": "x"}], progress)[0]
     assert row["note"] == "x"
 
 
@@ -149,7 +175,8 @@ def test_entry_without_any_approver_falls_back_to_approve_all_people(
 ) -> None:
     loner = factories.person(organization_id=2111)
     service = factories.service(organization_id=2111)
-    row = create_entries(
+    row = applied(
+        create_entries,
         session,
         load_context(session, 2111, loner.id),
         [{"date": "2026-03-02", "time": 60, "person_id": loner.id, "service_id": service.id}],
@@ -162,9 +189,11 @@ def test_delete_after_unapprove_succeeds(session: Session, factories: Factories)
     entry = factories.entry(approved=True)
     member = load_context(session, 2110, 7781)
     with pytest.raises(ApiError):
-        delete_entries(session, member, [{"id": entry.id}], progress)
-    unapprove_entries(session, load_context(session, 2110, 7783), [{"id": entry.id}], progress)
-    delete_entries(session, member, [{"id": entry.id}], progress)
+        applied(delete_entries, session, member, [{"id": entry.id}], progress)
+    applied(
+        unapprove_entries, session, load_context(session, 2110, 7783), [{"id": entry.id}], progress
+    )
+    applied(delete_entries, session, member, [{"id": entry.id}], progress)
     assert session.get(TimeEntry, entry.id) is None
 
 
@@ -189,7 +218,7 @@ def test_approve_and_unapprove_return_the_stored_rows_in_batch_order(
     ids = [item["id"] for item in batch]
     admin = load_context(session, 2110, 7783)
     for apply in (approve_entries, unapprove_entries):
-        rows = apply(session, admin, batch, progress)
+        rows = applied(apply, session, admin, batch, progress)
         assert [row["id"] for row in rows] == ids
         stored = stored_rows(session, ids)
         assert [{name: row[name] for name in READ_COLUMNS} for row in rows] == [
@@ -202,7 +231,9 @@ def test_a_workflow_approve_returns_partly_approved_entries_as_stored(session: S
     from shared.store.columns import READ_COLUMNS
 
     entry_id = workflow_entry(session)
-    rows = approve_entries(session, load_context(session, 2111, 7792), [{"id": entry_id}], progress)
+    rows = applied(
+        approve_entries, session, load_context(session, 2111, 7792), [{"id": entry_id}], progress
+    )
     assert rows[0]["approved"] is False  # Wanda has not approved yet
     assert {name: rows[0][name] for name in READ_COLUMNS} == stored_rows(session, [entry_id])[
         entry_id

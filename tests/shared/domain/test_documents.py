@@ -8,15 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from shared.domain.documents import (
-    ApproveDocument,
-    CreateDocument,
-    NotWellFormed,
-    ReferenceDocument,
-    UpdateDocument,
-    decode,
-    items,
-)
+from shared.domain.documents import CHUNK, NotWellFormed, chunks, decode, items
 from shared.domain.limits import MAX_DATE, MAX_ID, MAX_MINUTES, MAX_NOTE, MIN_DATE
 from shared.store.models import Operation
 from tests.factories import create_resource, reference
@@ -30,24 +22,45 @@ def body(data: Any, **members: Any) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("operation", "data", "kind"),
+    ("operation", "data"),
     [
-        (Operation.CREATE, [create_resource()], CreateDocument),
-        (Operation.UPDATE, [{"type": "time_entries", "id": "223"}], UpdateDocument),
-        (Operation.DELETE, [reference(231)], ReferenceDocument),
-        (Operation.APPROVE, [reference(237)], ApproveDocument),
-        (Operation.UNAPPROVE, [reference(249)], ReferenceDocument),
+        (Operation.CREATE, [create_resource()]),
+        (Operation.UPDATE, [{"type": "time_entries", "id": "223"}]),
+        (Operation.DELETE, [reference(231)]),
+        (Operation.APPROVE, [reference(237)]),
+        (Operation.UNAPPROVE, [reference(249)]),
     ],
 )
 def test_a_valid_body_of_each_operation_decodes(
-    operation: Operation, data: list[dict[str, Any]], kind: type[Any]
+    operation: Operation, data: list[dict[str, Any]]
 ) -> None:
     document: Any = decode(
         operation, body(data, meta={"source": "import"}, jsonapi={"version": "1.0"})
     )
-    assert type(document) is kind
     assert len(document.data) == 1
+    assert orjson.loads(bytes(document.data[0])) == data[0]
     assert document.meta == {"source": "import"}
+
+
+def test_a_large_batch_comes_in_chunks_and_a_problem_says_where_in_the_whole_batch() -> None:
+    resources = [create_resource(note=str(n)) for n in range(CHUNK * 2 + 1)]
+    found = list(chunks(Operation.CREATE, body(resources)))
+    assert [len(chunk) for chunk in found] == [CHUNK, CHUNK, 1]
+    assert [item["note"] for chunk in found for item in chunk] == [
+        str(n) for n in range(len(resources))
+    ]
+
+    resources[CHUNK + 7]["attributes"]["time"] = "60"
+    with pytest.raises(NotWellFormed, match=rf"\$\.data\[{CHUNK + 7}\]\.attributes\.time"):
+        decode(Operation.CREATE, body(resources))
+
+
+@pytest.mark.parametrize("operation", ID_OPERATIONS)
+def test_an_id_named_again_in_a_later_chunk_is_not_well_formed(operation: Operation) -> None:
+    references = [reference(n) for n in range(1, CHUNK + 2)]
+    decode(operation, body(references))
+    with pytest.raises(NotWellFormed, match="duplicate"):
+        decode(operation, body([*references, reference(str(CHUNK))]))
 
 
 def test_approve_takes_for_all_approvers_and_the_others_do_not() -> None:

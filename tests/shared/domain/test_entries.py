@@ -12,6 +12,7 @@ from shared.domain.context import load_context
 from shared.domain.entries import create_entries, delete_entries, update_entries
 from shared.jsonapi.errors import ApiError
 from shared.store.models import Organization, TimeEntry
+from tests.applying import applied
 from tests.factories import Factories
 
 progress: Any = lambda n: None  # noqa: E731
@@ -27,8 +28,8 @@ def count(session: Session) -> int:
 
 def test_create_computes_the_spec_costs(session: Session) -> None:
     ctx = load_context(session, 2110, 7781)
-    rows = create_entries(
-        session, ctx, [item(task_id=302, note="a"), item(service_id=1214)], progress
+    rows = applied(
+        create_entries, session, ctx, [item(task_id=302, note="a"), item(service_id=1214)], progress
     )
     first, second = rows
     assert (first["cost"], first["cost_default"], first["cost_normalized"]) == (4000, 5000, 4000)
@@ -47,7 +48,9 @@ def test_create_uses_organization_overheads(session: Session, factories: Factori
     org = session.get_one(Organization, 2110)
     org.internal_overhead_rate = 1000
     session.flush()
-    row = create_entries(session, load_context(session, 2110, 7781), [item(time=60)], progress)[0]
+    row = applied(
+        create_entries, session, load_context(session, 2110, 7781), [item(time=60)], progress
+    )[0]
     assert row["internal_overhead_cost_default"] == 1000
     assert row["cost_default"] == 2500 + 1000
 
@@ -59,7 +62,8 @@ def test_create_reports_every_problem_and_writes_nothing(
     before = count(session)
     ctx = load_context(session, 2110, 7781)
     with pytest.raises(ApiError) as info:
-        create_entries(
+        applied(
+            create_entries,
             session,
             ctx,
             [
@@ -83,7 +87,7 @@ def test_create_reports_every_problem_and_writes_nothing(
 
 
 def test_manager_may_create_for_others(session: Session) -> None:
-    rows = create_entries(session, load_context(session, 2110, 7782), [item()], progress)
+    rows = applied(create_entries, session, load_context(session, 2110, 7782), [item()], progress)
     assert rows[0]["cost"] == 4000
 
 
@@ -92,11 +96,15 @@ def test_update_merges_and_reprices_only_when_needed(
 ) -> None:
     entry = factories.entry(time=60, cost=1234)
     ctx = load_context(session, 2110, 7781)
-    noted = update_entries(session, ctx, [{"id": entry.id, "note": "only a note"}], progress)[0]
+    noted = applied(
+        update_entries, session, ctx, [{"id": entry.id, "note": "only a note"}], progress
+    )[0]
     assert (noted["note"], noted["cost"], noted["time"]) == ("only a note", 1234, 60)
-    timed = update_entries(session, ctx, [{"id": entry.id, "time": 30}], progress)[0]
+    timed = applied(update_entries, session, ctx, [{"id": entry.id, "time": 30}], progress)[0]
     assert (timed["time"], timed["cost"], timed["cost_default"]) == (30, 1000, 1250)
-    untasked = update_entries(session, ctx, [{"id": entry.id, "task_id": None}], progress)[0]
+    untasked = applied(update_entries, session, ctx, [{"id": entry.id, "task_id": None}], progress)[
+        0
+    ]
     assert untasked["note"] == "only a note"
 
 
@@ -109,7 +117,8 @@ def test_update_refuses_locked_foreign_and_missing_entries(
     foreign = factories.entry(organization_id=2112, person_id=8881, service_id=2213)
     ctx = load_context(session, 2110, 7781)
     with pytest.raises(ApiError) as info:
-        update_entries(
+        applied(
+            update_entries,
             session,
             ctx,
             [
@@ -133,8 +142,12 @@ def test_update_refuses_locked_foreign_and_missing_entries(
 def test_delete(session: Session, factories: Factories) -> None:
     entries = [factories.entry(), factories.entry()]
     before = count(session)
-    delete_entries(
-        session, load_context(session, 2110, 7781), [{"id": e.id} for e in entries], progress
+    applied(
+        delete_entries,
+        session,
+        load_context(session, 2110, 7781),
+        [{"id": e.id} for e in entries],
+        progress,
     )
     assert count(session) == before - 2
 
@@ -142,7 +155,9 @@ def test_delete(session: Session, factories: Factories) -> None:
 def test_delete_of_approved_entry_is_refused(session: Session, factories: Factories) -> None:
     entry = factories.entry(approved=True)
     with pytest.raises(ApiError) as info:
-        delete_entries(session, load_context(session, 2110, 7781), [{"id": entry.id}], progress)
+        applied(
+            delete_entries, session, load_context(session, 2110, 7781), [{"id": entry.id}], progress
+        )
     assert info.value.status == 409
     assert "unapprove first" in info.value.problems[0].detail
 
@@ -152,8 +167,10 @@ def test_returned_rows_are_the_stored_rows(session: Session, factories: Factorie
     from shared.store.columns import COLUMNS
 
     ctx = load_context(session, 2110, 7781)
-    created = create_entries(session, ctx, [item(note="a"), item(task_id=302)], progress)
-    updated = update_entries(session, ctx, [{"id": created[0]["id"], "time": 45}], progress)
+    created = applied(create_entries, session, ctx, [item(note="a"), item(task_id=302)], progress)
+    updated = applied(
+        update_entries, session, ctx, [{"id": created[0]["id"], "time": 45}], progress
+    )
     for row in [created[1], updated[0]]:
         stored = session.execute(
             select(*(getattr(TimeEntry, name) for name in COLUMNS)).where(TimeEntry.id == row["id"])

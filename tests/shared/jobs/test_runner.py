@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.orm import Session
 
+from shared.domain.documents import CHUNK
 from shared.domain.tokens import Principal
 from shared.jobs.runner import Outcome, lock_key, run_job
 from shared.jsonapi.render import NOT_INCLUDED, RELATIONSHIPS
@@ -213,6 +214,48 @@ def test_a_domain_error_fails_the_job_and_applies_nothing(e2e_db: Engine) -> Non
     )
     assert entries(e2e_db) == before
     assert run(e2e_db, job_id) == Outcome.SKIPPED
+
+
+def test_a_problem_in_a_later_chunk_undoes_the_chunks_written_before_it(e2e_db: Engine) -> None:
+    before = entries(e2e_db)
+    data = [create_resource(note=str(n)) for n in range(2 * CHUNK + 5)]
+    late = 2 * CHUNK + 3
+    data[late]["relationships"]["service"]["data"]["id"] = "999999"
+    job_id = queued(e2e_db, "create", data)
+
+    assert run(e2e_db, job_id) == Outcome.FAILED
+
+    (error,) = stored_document(job_row(e2e_db, job_id))["errors"]
+    assert error["source"] == {"pointer": f"/data/{late}/relationships/service"}
+    assert entries(e2e_db) == before
+
+
+def test_a_batch_of_several_chunks_answers_every_entry_in_order_with_what_it_includes(
+    e2e_db: Engine,
+) -> None:
+    data = [create_resource(note=str(n)) for n in range(CHUNK + 2)]
+    # Only the last chunk names this person: it must be linked and included all the same.
+    data[-1]["relationships"]["person"]["data"]["id"] = "7782"
+    options = {"include": ["person"]}
+    principal = Principal(person_id=7782, organization_id=2110, read_only=False)
+    job_id = queued(e2e_db, "create", data, principal=principal, options=options)
+
+    assert run(e2e_db, job_id) == Outcome.SUCCEEDED
+
+    document = stored_document(job_row(e2e_db, job_id))
+    assert [entry["attributes"]["note"] for entry in document["data"]] == [
+        str(n) for n in range(len(data))
+    ]
+    assert document["data"][-1]["relationships"]["person"] == {
+        "data": {"type": "people", "id": "7782"}
+    }
+    assert [(r["type"], r["id"]) for r in document["included"]] == [
+        ("people", "7781"),
+        ("people", "7782"),
+    ]
+    with Session(e2e_db) as session:
+        ids = [int(entry["id"]) for entry in document["data"]]
+        assert session.scalar(select(func.count()).where(TimeEntry.id.in_(ids))) == len(data)
 
 
 def test_a_refused_update_changes_none_of_the_batch(e2e_db: Engine) -> None:

@@ -227,7 +227,7 @@ class NotWellFormed(ValueError):
     """The body is not the common valid shape; the full checker says why."""
 
 
-def _outline(operation: Operation, body: bytes) -> Any:
+def _outline(operation: Operation, body: bytes | bytearray) -> Any:
     try:
         outline: Any = _outlines[operation].decode(body)
     # Skipping over each resource's raw text descends into all of it: a deeply nested one
@@ -307,7 +307,7 @@ def _item(resource: Any, with_id: bool) -> dict[str, Any]:
     return item
 
 
-def chunks(operation: Operation, body: bytes) -> Iterator[list[Item]]:
+def chunks(operation: Operation, body: bytes | bytearray) -> Iterator[list[Item]]:
     """The items a job applies, from its stored body, CHUNK at a time: one dict per resource,
     relationships flattened to person_id / service_id / task_id, dates as ISO strings."""
     with_id = operation != Operation.CREATE

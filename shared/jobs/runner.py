@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
 
 from sqlalchemy import Engine, case, func, text, update
-from sqlalchemy.orm import Session, undefer
+from sqlalchemy.orm import Session
 
 from shared.domain import documents
 from shared.domain.approval import approve_entries, unapprove_entries
@@ -28,6 +28,7 @@ from shared.jsonapi.render import gzip_document
 from shared.store.engine import commit_without_flush
 from shared.store.models import UNFINISHED_STATUSES, Job, JobStatus, Operation
 from shared.store.notify import notify_finished, notify_progress
+from shared.store.queries import stored_batch
 from shared.webhooks.outbox import record_job_event
 
 Apply = Callable[[Session, BatchContext, Iterable[Sequence[Item]], Progress, Written], None]
@@ -181,7 +182,7 @@ def _run_locked(engine: Engine, job_id: uuid.UUID, max_runs: int, heartbeat: Hea
         if not locked:
             # Another worker holds this job right now; it will finish it or release the lock.
             return Outcome.BUSY
-        job = session.get(Job, job_id, populate_existing=True, options=[undefer(Job.batch)])
+        job = session.get(Job, job_id, populate_existing=True)
         if job is None or job.status not in UNFINISHED_STATUSES:
             return Outcome.SKIPPED
         attempts = _mark_running(engine, job_id)
@@ -205,7 +206,7 @@ def _run_locked(engine: Engine, job_id: uuid.UUID, max_runs: int, heartbeat: Hea
         result = BatchResult(session, ctx)
         savepoint = session.begin_nested()
         try:
-            chunks = documents.chunks(operation, job.batch or b"")
+            chunks = documents.chunks(operation, stored_batch(session, job.id))
             apply(session, ctx, chunks, ProgressReporter(engine, job_id), result.add)
         except ApiError as exc:
             savepoint.rollback()

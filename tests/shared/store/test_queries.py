@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 import pytest
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Session
 
+from shared.store import queries
 from shared.store.models import Job, Person, Service, Task
 from shared.store.queries import (
     DirectoryFilters,
@@ -18,6 +20,7 @@ from shared.store.queries import (
     entries_page,
     find_entry,
     jobs_page,
+    stored_batch,
 )
 from tests.factories import Factories
 
@@ -84,3 +87,22 @@ def test_listed_jobs_do_not_load_their_batch_or_result(session: Session) -> None
         _ = listed.batch
     with pytest.raises(InvalidRequestError):
         _ = listed.result_body
+
+
+@pytest.mark.parametrize("size", [0, 1, 999, 1000, 1001, 2500])
+def test_a_stored_batch_reads_back_whole_piece_by_piece(
+    session: Session, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    monkeypatch.setattr(queries, "BATCH_PIECE", 1000)
+    batch = os.urandom(size)
+    job = Job(organization_id=2110, person_id=7781, operation="create", total=1, batch=batch)
+    session.add(job)
+    session.flush()
+    assert stored_batch(session, job.id) == batch
+
+
+def test_a_purged_batch_reads_as_empty(session: Session) -> None:
+    job = Job(organization_id=2110, person_id=7781, operation="create", total=1, batch=None)
+    session.add(job)
+    session.flush()
+    assert stored_batch(session, job.id) == b""

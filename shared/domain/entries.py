@@ -236,6 +236,7 @@ def create_entries(
     workflow = ctx.organization.approval_workflow
     fallback = approve_all_people(session, ctx) if workflow else []
     names = ["id", *(name for name, _ in INSERTABLE)]
+    types = ["bigint", *(kind for _, kind in INSERTABLE)]
     offset = 0
     for items in chunks:
         refs.load(
@@ -276,6 +277,7 @@ def create_entries(
                 [entry_id, *(row[name] for name in names[1:])]
                 for entry_id, row in zip(ids, rows, strict=True)
             ),
+            types=types,
         )
         created = [
             CREATED_DEFAULTS | row | {"id": entry_id}

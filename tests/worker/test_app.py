@@ -308,7 +308,8 @@ def test_an_internal_error_after_the_entries_are_written_rolls_them_back(
     resource["relationships"]["person"]["data"]["id"] = str(person.id)
     resource["relationships"]["service"]["data"]["id"] = str(service.id)
     before = entry_count(e2e_db)
-    job_id = queued(e2e_db, [resource] * PROGRESS_EVERY, principal)
+    # Two rounds of progress: the first is reported, the last is left to the job's end.
+    job_id = queued(e2e_db, [resource] * (2 * PROGRESS_EVERY), principal)
 
     result = process_job.apply(args=[job_id])
 

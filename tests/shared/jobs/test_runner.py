@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from shared.domain.documents import CHUNK
 from shared.domain.tokens import Principal
-from shared.jobs.runner import Outcome, lock_key, run_job
+from shared.jobs.runner import Outcome, ProgressReporter, lock_key, run_job
 from shared.jsonapi.render import NOT_INCLUDED, RELATIONSHIPS
 from shared.store.models import Job, TimeEntry
 from tests.checked_client import check_document
@@ -286,3 +286,18 @@ def test_a_canceled_or_unknown_job_is_skipped(e2e_db: Engine) -> None:
     assert job_row(e2e_db, job_id) == stored
     assert 231 in entries(e2e_db)
     assert run(e2e_db, uuid.uuid4()) == Outcome.SKIPPED
+
+
+def test_progress_is_written_while_entries_remain_and_left_to_the_end_once_all_are(
+    e2e_db: Engine,
+) -> None:
+    job_id = queued(e2e_db, "create", [create_resource()] * 3)
+    with e2e_db.begin() as connection:
+        connection.execute(update(Job).where(Job.id == job_id).values(status="running"))
+    report = ProgressReporter(e2e_db, job_id, total=3, min_interval=0)
+
+    report(2)
+    assert job_row(e2e_db, job_id)["processed"] == 2
+    # All written: the job's own end says so, in its transaction; no write of its own.
+    report(3)
+    assert job_row(e2e_db, job_id)["processed"] == 2

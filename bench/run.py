@@ -20,7 +20,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -169,6 +168,11 @@ class Bench:
         if key not in self.rows:
             self.rows[key] = Row(operation, size, variant)
         return self.rows[key]
+
+    def median(self, operation: str, size: int, variant: str, key: str) -> float | None:
+        """The median of `key` over a row's samples; None where the row was not measured."""
+        row = self.rows.get((operation, size, variant))
+        return None if row is None else row.median(key)
 
     def cleanup(self) -> None:
         """Remove what a measurement made, so each starts from the same tables."""
@@ -396,10 +400,8 @@ class Bench:
 
     def best_create(self, size: int) -> tuple[float | None, str]:
         """The create end-to-end the ratios use: polling, unless Prefer: wait was faster."""
-        poll = self.rows.get(("create", size, "poll"))
-        prefer = self.rows.get(("create", size, "prefer"))
-        poll_e2e = poll.median("e2e_ms") if poll else None
-        prefer_e2e = prefer.median("e2e_ms") if prefer else None
+        poll_e2e = self.median("create", size, "poll", "e2e_ms")
+        prefer_e2e = self.median("create", size, "prefer", "e2e_ms")
         if prefer_e2e is not None and (poll_e2e is None or prefer_e2e < poll_e2e):
             return prefer_e2e, "prefer"
         return poll_e2e, "poll"
@@ -409,8 +411,7 @@ class Bench:
         for size in self.args.sizes:
             target = size == TARGET_SIZE
             e2e, variant = self.best_create(size)
-            floor = self.rows.get(("create", size, "floor"))
-            value = ratio(e2e, floor.median("e2e_ms") if floor else None)
+            value = ratio(e2e, self.median("create", size, "floor", "e2e_ms"))
             found.append(
                 Ratio(
                     f"create {size:,} end-to-end / floor",
@@ -420,8 +421,7 @@ class Bench:
                     f"[{variant}]",
                 )
             )
-            naive = self.rows.get(("create", size, "naive"))
-            value = ratio(naive.median("e2e_ms") if naive else None, e2e)
+            value = ratio(self.median("create", size, "naive", "e2e_ms"), e2e)
             found.append(
                 Ratio(
                     f"naive peer / create {size:,} end-to-end",
@@ -431,12 +431,8 @@ class Bench:
                     f"[{variant}]" if value is not None else "not measured",
                 )
             )
-            poll = self.rows.get(("create", size, "poll"))
-            submit_floor = self.rows.get(("create", size, "submit floor"))
-            value = ratio(
-                poll.median("submit_ms") if poll else None,
-                submit_floor.median("submit_ms") if submit_floor else None,
-            )
+            submit = self.median("create", size, "poll", "submit_ms")
+            value = ratio(submit, self.median("create", size, "submit floor", "submit_ms"))
             found.append(
                 Ratio(
                     f"submit {size:,} / submit floor (parse + one row)",
@@ -445,26 +441,16 @@ class Bench:
                     None if value is None else value <= 2,
                 )
             )
-            jsonb = (
-                [s["jsonb_ms"] for s in submit_floor.samples if "jsonb_ms" in s]
-                if submit_floor
-                else []
-            )
             found.append(
                 Ratio(
                     f"submit {size:,} / (parse + one jsonb row)",
-                    ratio(
-                        poll.median("submit_ms") if poll else None,
-                        statistics.median(jsonb) if jsonb else None,
-                    ),
+                    ratio(submit, self.median("create", size, "submit floor", "jsonb_ms")),
                 )
             )
         for size, most in SMALL_TARGETS.items():
-            prefer = self.rows.get(("create", size, "prefer"))
-            small = self.rows.get(("create", size, "small floor"))
             value = ratio(
-                prefer.median("e2e_ms") if prefer else None,
-                small.median("e2e_ms") if small else None,
+                self.median("create", size, "prefer", "e2e_ms"),
+                self.median("create", size, "small floor", "e2e_ms"),
             )
             found.append(
                 Ratio(
@@ -485,14 +471,10 @@ class Bench:
         return found
 
     def ops_ratios(self) -> list[Ratio]:
-        create = self.rows.get(("create", OPS_SIZE, "poll"))
+        create = self.median("create", OPS_SIZE, "poll", "apply_ms")
         found = []
         for operation in ("update", "approve", "unapprove"):
-            row = self.rows.get((operation, OPS_SIZE, "poll"))
-            value = ratio(
-                row.median("apply_ms") if row else None,
-                create.median("apply_ms") if create else None,
-            )
+            value = ratio(self.median(operation, OPS_SIZE, "poll", "apply_ms"), create)
             found.append(
                 Ratio(
                     f"{operation} {OPS_SIZE:,} apply / create apply",

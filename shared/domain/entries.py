@@ -220,6 +220,11 @@ def _check(
     return costs
 
 
+# A row of a create's COPY: the id, then the INSERTABLE columns.
+_INSERT_NAMES = ("id", *(name for name, _ in INSERTABLE))
+_INSERT_TYPES = ("bigint", *(kind for _, kind in INSERTABLE))
+
+
 def create_entries(
     session: Session,
     ctx: BatchContext,
@@ -235,8 +240,6 @@ def create_entries(
     caller_id = ctx.caller.id
     workflow = ctx.organization.approval_workflow
     fallback = approve_all_people(session, ctx) if workflow else []
-    names = ["id", *(name for name, _ in INSERTABLE)]
-    types = ["bigint", *(kind for _, kind in INSERTABLE)]
     offset = 0
     for items in chunks:
         refs.load(
@@ -272,12 +275,12 @@ def create_entries(
         copy_rows(
             session,
             "time_entries",
-            names,
+            _INSERT_NAMES,
             (
-                [entry_id, *(row[name] for name in names[1:])]
+                [entry_id, *(row[name] for name in _INSERT_NAMES[1:])]
                 for entry_id, row in zip(ids, rows, strict=True)
             ),
-            types=types,
+            types=_INSERT_TYPES,
         )
         created = [
             CREATED_DEFAULTS | row | {"id": entry_id}

@@ -7,6 +7,7 @@ import datetime as dt
 import gzip
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -132,12 +133,14 @@ class EntryRenderer:
         return text
 
     def resource(self, row: Mapping[Any, Any]) -> dict[str, Any]:
+        # Read every attribute at once in C, then format the few dates and timestamps.
+        values = list(_ATTRIBUTE_VALUES(row))
         fmt = self._format
-        attributes = {
-            name: (fmt(value) if convert and value is not None else value)
-            for name, convert in _PLAN
-            for value in (row[name],)
-        }
+        for n in _FORMATTED_AT:
+            value = values[n]
+            if value is not None:
+                values[n] = fmt(value)
+        attributes = dict(zip(ATTRIBUTES, values, strict=True))
         return {
             "id": str(row["id"]),
             "type": "time_entries",
@@ -214,7 +217,10 @@ class CompressedCollection:
 
 GZIP_LEVEL = 1
 RENDER_CHUNK = 1000
-_PLAN = tuple((name, name in TIMESTAMPS or name == "date") for name in ATTRIBUTES)
+_ATTRIBUTE_VALUES = itemgetter(*ATTRIBUTES)
+_FORMATTED_AT = tuple(
+    n for n, name in enumerate(ATTRIBUTES) if name in TIMESTAMPS or name == "date"
+)
 
 
 def gzip_document(document: Any) -> bytes:

@@ -1,7 +1,8 @@
 """Create, update and delete time entries in bulk: validate everything, then write set-based.
 
 Domain functions take a session and never commit: the job runner owns the transaction.
-Each raises ApiError with every problem found, or returns the rows written, in batch order.
+Each takes the batch's items in chunks and raises ApiError with every problem found, or
+hands the rows it wrote, in batch order, to `written`.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from api.context import db, services
 from api.listing import list_query, no_query, one_of, page_response
 from api.negotiation import preferred_wait, require_acceptable
 from api.views.events import require_event_stream, stream_response
-from shared.jobs.submit import cancel_job, find_job, unknown_job
+from shared.jobs.submit import cancel_job, find_job, reread_job, unknown_job
 from shared.jsonapi.errors import CONTENT_TYPE, ApiError, encode
 from shared.store.models import (
     ENDED_STATUSES,
@@ -137,7 +137,7 @@ def wait_for(job: Job, seconds: int) -> Job:
             # A fresh snapshot; the commit after it hands the connection back to the pool,
             # so a waiting request holds none.
             session.commit()
-            session.refresh(job)
+            job = reread_job(session, job)
             session.commit()
             remaining = deadline - time.monotonic()
             if job.status in ENDED_STATUSES or remaining <= 0:

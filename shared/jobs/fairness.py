@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from shared.jsonapi.errors import ApiError, Problem
@@ -54,27 +54,27 @@ class Load:
         return min(max(self.jobs, self.rank), MAX_RANK)
 
 
-def lock_organization(session: Session, organization_id: int) -> None:
-    """Serialize this organization's submissions until the transaction ends.
+# Built once: on every submission, building them would cost about as much as running them.
+_ORGANIZATION = bindparam("organization_id", type_=Organization.id.type)
+# FOR NO KEY UPDATE does not conflict with the key-share locks foreign keys take, so only
+# other submissions of the same organization wait, and only for one insert.
+_LOCK = (
+    select(Organization.id).where(Organization.id == _ORGANIZATION).with_for_update(key_share=True)
+)
+_LOAD = select(
+    func.count(),
+    func.coalesce(func.sum(Job.total), 0),
+    func.coalesce(func.max(Job.rank), 0),
+).where(Job.organization_id == _ORGANIZATION, Job.status.in_(UNFINISHED_STATUSES))
 
-    FOR NO KEY UPDATE does not conflict with the key-share locks foreign keys take, so only
-    other submissions of the same organization wait, and only for one insert.
-    """
-    session.execute(
-        select(Organization.id)
-        .where(Organization.id == organization_id)
-        .with_for_update(key_share=True)  # FOR NO KEY UPDATE
-    )
+
+def lock_organization(session: Session, organization_id: int) -> None:
+    """Serialize this organization's submissions until the transaction ends."""
+    session.execute(_LOCK, {"organization_id": organization_id})
 
 
 def load_of(session: Session, organization_id: int) -> Load:
-    jobs, entries, rank = session.execute(
-        select(
-            func.count(),
-            func.coalesce(func.sum(Job.total), 0),
-            func.coalesce(func.max(Job.rank), 0),
-        ).where(Job.organization_id == organization_id, Job.status.in_(UNFINISHED_STATUSES))
-    ).one()
+    jobs, entries, rank = session.execute(_LOAD, {"organization_id": organization_id}).one()
     return Load(jobs=int(jobs), entries=int(entries), rank=int(rank))
 
 

@@ -14,8 +14,9 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import Engine, case, func, text, update
+from sqlalchemy import Engine, Integer, Row, Update, bindparam, case, func, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.domain import documents
@@ -25,9 +26,9 @@ from shared.domain.documents import Item
 from shared.domain.entries import create_entries, delete_entries, update_entries
 from shared.jsonapi.errors import ApiError
 from shared.jsonapi.render import gzip_document
-from shared.store.engine import commit_without_flush
+from shared.store.engine import UnflushedWrite
 from shared.store.models import UNFINISHED_STATUSES, Job, JobStatus, Operation
-from shared.store.notify import notify_finished, notify_progress
+from shared.store.notify import notify_finished, progress_notice
 from shared.store.queries import stored_batch
 from shared.webhooks.outbox import record_job_event
 
@@ -88,39 +89,71 @@ class ProgressReporter:
         if now - self._last < self.min_interval:
             return
         self._last = now
-        with self.engine.begin() as connection:
-            commit_without_flush(connection)
-            moved = connection.execute(
-                update(Job)
-                .where(Job.id == self.job_id, Job.status == JobStatus.RUNNING)
-                .values(processed=func.least(processed, Job.total), heartbeat_at=func.now())
-                .returning(Job.processed, Job.total)
-            ).one_or_none()
-            if moved is not None:
-                notify_progress(
-                    connection, self.job_id, JobStatus.RUNNING, moved.processed, moved.total
-                )
+        _MOVE(self.engine, job_id=self.job_id, processed=processed)
 
 
-def _mark_running(engine: Engine, job_id: uuid.UUID) -> int | None:
-    """Flag the job running on a connection of its own, so pollers and streams see it at once."""
-    with engine.begin() as connection:
-        commit_without_flush(connection)
-        marked = connection.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status.in_(UNFINISHED_STATUSES))
-            .values(
-                status=JobStatus.RUNNING,
-                attempts=Job.attempts + 1,
-                started_at=func.coalesce(Job.started_at, func.now()),
-                heartbeat_at=func.now(),
-            )
-            .returning(Job.attempts, Job.processed, Job.total)
-        ).one_or_none()
-        if marked is None:
-            return None
-        notify_progress(connection, job_id, JobStatus.RUNNING, marked.processed, marked.total)
-        return int(marked.attempts)
+JOB_ID = bindparam("job_id", type_=Job.id.type)
+
+
+def _moving(statement: Update) -> UnflushedWrite:
+    """A write of a running job that tells its event streams where it is, in one round trip."""
+    moved = statement.cte("moved")
+    notice = progress_notice(moved.c.id, JobStatus.RUNNING, moved.c.processed, moved.c.total)
+    return UnflushedWrite(select(moved, notice))
+
+
+# Marks the job running and returns what the worker needs of it; nothing once it has ended.
+_MARK_RUNNING = _moving(
+    update(Job)
+    .where(Job.id == JOB_ID, Job.status.in_(UNFINISHED_STATUSES))
+    .values(
+        status=JobStatus.RUNNING,
+        attempts=Job.attempts + 1,
+        started_at=func.coalesce(Job.started_at, func.now()),
+        heartbeat_at=func.now(),
+    )
+    .returning(
+        Job.id,
+        Job.organization_id,
+        Job.person_id,
+        Job.operation,
+        Job.options,
+        Job.total,
+        Job.processed,
+        Job.attempts,
+    )
+)
+_MOVE = _moving(
+    update(Job)
+    .where(Job.id == JOB_ID, Job.status == JobStatus.RUNNING)
+    .values(
+        processed=func.least(bindparam("processed", type_=Integer), Job.total),
+        heartbeat_at=func.now(),
+    )
+    .returning(Job.id, Job.processed, Job.total)
+)
+_BEAT = UnflushedWrite(
+    update(Job)
+    .where(Job.id == JOB_ID, Job.status == JobStatus.RUNNING)
+    .values(heartbeat_at=func.now())
+)
+_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
+_END = bindparam("end", type_=Job.status.type)
+_FINISH = (
+    update(Job)
+    .where(Job.id == JOB_ID)
+    .values(
+        status=_END,
+        result_status=bindparam("result_status", type_=Job.result_status.type),
+        result_body=bindparam("result_body", type_=Job.result_body.type),
+        error_count=bindparam("errors", type_=Integer),
+        # A success has processed all of it.
+        processed=case((_END == JobStatus.SUCCEEDED, Job.total), else_=Job.processed),
+        # clock_timestamp: now() is this transaction's start, before started_at was set.
+        finished_at=func.clock_timestamp(),
+        heartbeat_at=None,
+    )
+)
 
 
 class Heartbeat:
@@ -141,13 +174,7 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                with self.engine.begin() as connection:
-                    commit_without_flush(connection)
-                    connection.execute(
-                        update(Job)
-                        .where(Job.id == self.job_id, Job.status == JobStatus.RUNNING)
-                        .values(heartbeat_at=func.now())
-                    )
+                _BEAT(self.engine, job_id=self.job_id)
             except Exception:
                 # A missed beat only makes the sweeper re-publish early, which is harmless.
                 logger.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
@@ -185,20 +212,16 @@ def run_job(engine: Engine, job_id: uuid.UUID, *, max_runs: int, lease: float = 
 
 def _run_locked(engine: Engine, job_id: uuid.UUID, max_runs: int, heartbeat: Heartbeat) -> Outcome:
     with Session(engine) as session, session.begin():
-        locked = session.scalar(
-            text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": lock_key(job_id)}
-        )
+        locked = session.scalar(_LOCK, {"key": lock_key(job_id)})
         if not locked:
             # Another worker holds this job right now; it will finish it or release the lock.
             return Outcome.BUSY
-        job = session.get(Job, job_id, populate_existing=True)
-        if job is None or job.status not in UNFINISHED_STATUSES:
-            return Outcome.SKIPPED
-        attempts = _mark_running(engine, job_id)
-        if attempts is None:
+        # On a connection of its own, so pollers and streams see it at once.
+        job = _MARK_RUNNING(engine, job_id=job_id)
+        if job is None:
             return Outcome.SKIPPED
         heartbeat.start()
-        if attempts > max_runs:
+        if job.attempts > max_runs:
             # Every run died without a word (each took its worker down): a crash loop.
             error = ApiError.one(
                 500,
@@ -229,7 +252,7 @@ def _run_locked(engine: Engine, job_id: uuid.UUID, max_runs: int, heartbeat: Hea
 
 def _finish(
     session: Session,
-    job: Job,
+    job: Row[Any],
     status: JobStatus,
     result_status: int,
     body: bytes | None,
@@ -246,19 +269,15 @@ def _finish(
         total=job.total,
         errors=errors,
     )
-    session.execute(
-        update(Job)
-        .where(Job.id == job.id)
-        .values(
-            status=status,
-            result_status=result_status,
-            result_body=body,
-            error_count=errors,
-            processed=Job.total if status == JobStatus.SUCCEEDED else Job.processed,
-            # clock_timestamp: now() is this transaction's start, before started_at was set.
-            finished_at=func.clock_timestamp(),
-            heartbeat_at=None,
-        )
+    session.connection().execute(
+        _FINISH,
+        {
+            "job_id": job.id,
+            "end": status,
+            "result_status": result_status,
+            "result_body": body,
+            "errors": errors,
+        },
     )
 
 

@@ -11,8 +11,8 @@ import uuid
 from typing import Any
 
 import orjson
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.orm import Session, undefer
 
 from shared.domain.tokens import Principal
 from shared.jobs.fairness import admit, load_of, lock_organization
@@ -28,6 +28,11 @@ def fingerprint(operation: Operation, body: bytes, options: dict[str, Any]) -> s
     digest = hashlib.sha256(body)
     digest.update(orjson.dumps([operation, options], option=orjson.OPT_SORT_KEYS))
     return digest.hexdigest()
+
+
+# Built once: on every submission, building it would cost about as much as running it. The
+# job comes back whole from the insert, server defaults and all.
+_INSERT = insert(Job).returning(Job)
 
 
 def submit_job(
@@ -67,22 +72,34 @@ def submit_job(
             return existing, False
     load = load_of(session, organization_id)
     admit(session, organization_id, load, total, settings)
-    job_id = session.scalar(
-        insert(Job)
-        .values(
-            organization_id=organization_id,
-            person_id=principal.person_id,
-            operation=operation,
-            batch=body,
-            options=options,
-            idempotency_key=idempotency_key,
-            request_hash=digest,
-            total=total,
-            rank=load.next_rank(),
-        )
-        .returning(Job.id)
-    )
-    return session.scalars(select(Job).where(Job.id == job_id)).one(), True
+    job = session.scalars(
+        _INSERT,
+        [
+            {
+                "organization_id": organization_id,
+                "person_id": principal.person_id,
+                "operation": operation,
+                "batch": body,
+                "options": options,
+                "idempotency_key": idempotency_key,
+                "request_hash": digest,
+                "total": total,
+                "rank": load.next_rank(),
+            }
+        ],
+    ).one()
+    return job, True
+
+
+_FIND = select(Job).where(
+    Job.id == bindparam("job_id"), Job.organization_id == bindparam("organization_id")
+)
+_REREAD = (
+    select(Job)
+    .where(Job.id == bindparam("job_id"))
+    .options(undefer(Job.result_body))
+    .execution_options(populate_existing=True)
+)
 
 
 def find_job(session: Session, organization_id: int, job_id: str) -> Job | None:
@@ -90,9 +107,13 @@ def find_job(session: Session, organization_id: int, job_id: str) -> Job | None:
         key = uuid.UUID(job_id)
     except ValueError:
         return None
-    return session.scalars(
-        select(Job).where(Job.id == key, Job.organization_id == organization_id)
-    ).one_or_none()
+    return session.scalars(_FIND, {"job_id": key, "organization_id": organization_id}).one_or_none()
+
+
+def reread_job(session: Session, job: Job) -> Job:
+    """The job as it is now, with its stored result: what a request waiting for its end
+    sends once it has ended, read in the same round trip."""
+    return session.scalars(_REREAD, {"job_id": job.id}).one()
 
 
 def cancel_job(session: Session, job: Job) -> bool:

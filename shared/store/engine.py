@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Engine, Row, Select, Update, create_engine, func
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import Settings
@@ -29,11 +29,25 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
-def commit_without_flush(connection: Connection) -> None:
-    """Let this transaction's commit return before its WAL reaches the disk.
+class UnflushedWrite:
+    """One statement run as a transaction of its own, whose commit returns before its WAL
+    reaches the disk.
 
     Only for what a crash of the database may lose harmlessly (a job's running mark, its
     progress, its heartbeat): the job's own end commits durably, and that flush carries these
-    along. Saves a disk flush on every small job's path.
+    along. One round trip on every job's path: the statement carries its own setting, local
+    to its transaction, and autocommit sends no BEGIN or COMMIT. Build each once, at import:
+    building a statement like these costs more than running it.
     """
-    connection.execute(text("SET LOCAL synchronous_commit TO off"))
+
+    def __init__(self, statement: Select[Any] | Update) -> None:
+        unflushed = func.set_config("synchronous_commit", "off", True)
+        if isinstance(statement, Select):
+            self.statement: Select[Any] | Update = statement.add_columns(unflushed)
+        else:
+            self.statement = statement.returning(unflushed)
+
+    def __call__(self, engine: Engine, **params: Any) -> Row[Any] | None:
+        """Run it; returns its first row, if any."""
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            return connection.execute(self.statement, params).first()

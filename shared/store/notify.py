@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, make_url, text
+from sqlalchemy import ColumnElement, Connection, Text, func, literal, make_url, select, text
 from sqlalchemy.orm import Session
 
 # Payload: the job id; sent in the transaction that ends the job.
@@ -36,6 +37,18 @@ def notify_finished(session: Session, job_id: str) -> None:
     session.execute(text("SELECT pg_notify(:channel, :job)"), {"channel": CHANNEL, "job": job_id})
 
 
+def progress_notice(
+    job_id: ColumnElement[Any],
+    status: str,
+    processed: ColumnElement[int],
+    total: ColumnElement[int],
+) -> ColumnElement[Any]:
+    """The progress notification as a SQL expression: a statement that moves a job sends it
+    itself, from the row it wrote, in the same round trip."""
+    payload = func.concat_ws(" ", job_id, literal(status, Text), processed, total)
+    return func.pg_notify(PROGRESS_CHANNEL, payload)
+
+
 def notify_progress(
     connection: Connection | Session,
     job_id: uuid.UUID | str,
@@ -43,11 +56,8 @@ def notify_progress(
     processed: int,
     total: int,
 ) -> None:
-    payload = f"{job_id} {status} {processed} {total}"
-    connection.execute(
-        text("SELECT pg_notify(:channel, :payload)"),
-        {"channel": PROGRESS_CHANNEL, "payload": payload},
-    )
+    notice = progress_notice(literal(str(job_id), Text), status, literal(processed), literal(total))
+    connection.execute(select(notice))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import datetime as dt
 import uuid
 
 import orjson
-from sqlalchemy import LargeBinary, Text, cast, func, insert, literal, select, update
+from sqlalchemy import LargeBinary, Text, bindparam, cast, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Session
 
@@ -69,6 +69,30 @@ def payload(
     )
 
 
+# One delivery per enabled endpoint of the organization that wants the event, due at once.
+# Built once: building it costs more than running it, on every job's end.
+_RECORD = (
+    insert(WebhookDelivery)
+    .from_select(
+        ["webhook_id", "job_id", "event", "message_id", "payload", "next_attempt_at"],
+        select(
+            Webhook.id,
+            bindparam("job_id", type_=UUID(as_uuid=True)),
+            bindparam("event", type_=Text),
+            # webhook-id: unique per delivery, the same on each of its attempts.
+            literal("msg_", Text) + func.replace(cast(func.gen_random_uuid(), Text), "-", ""),
+            bindparam("payload", type_=LargeBinary),
+            func.now(),
+        ).where(
+            Webhook.organization_id == bindparam("organization_id"),
+            Webhook.enabled,
+            Webhook.events.contains(bindparam("events", type_=Webhook.events.type)),
+        ),
+    )
+    .returning(WebhookDelivery.id)
+)
+
+
 def record_job_event(
     session: Session,
     job_id: uuid.UUID,
@@ -92,25 +116,16 @@ def record_job_event(
         errors=errors,
         at=dt.datetime.now(dt.UTC),
     )
-    wanted = select(
-        Webhook.id,
-        literal(job_id, UUID(as_uuid=True)),
-        literal(str(event), Text),
-        # webhook-id: unique per delivery, the same on each of its attempts.
-        literal("msg_", Text) + func.replace(cast(func.gen_random_uuid(), Text), "-", ""),
-        literal(body, LargeBinary),
-        func.now(),
-    ).where(
-        Webhook.organization_id == organization_id,
-        Webhook.enabled,
-        Webhook.events.contains([str(event)]),
-    )
-    inserted = session.execute(
-        insert(WebhookDelivery)
-        .from_select(
-            ["webhook_id", "job_id", "event", "message_id", "payload", "next_attempt_at"], wanted
-        )
-        .returning(WebhookDelivery.id)
+    # Core, not the ORM: given parameters, an ORM insert would take them for rows to insert.
+    inserted = session.connection().execute(
+        _RECORD,
+        {
+            "job_id": job_id,
+            "organization_id": organization_id,
+            "event": str(event),
+            "events": [str(event)],
+            "payload": body,
+        },
     )
     return list(inserted.scalars())
 

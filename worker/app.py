@@ -124,7 +124,7 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     def process_job(self: Task[[str], str], job_id: str) -> str:
         key = uuid.UUID(job_id)
         try:
-            outcome = run_job(
+            run = run_job(
                 holder.engine, key, max_runs=settings.job_max_runs, lease=settings.job_lease
             )
         except Exception as exc:
@@ -147,15 +147,18 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
                 )  # fmt: skip
                 raise self.retry(exc=exc, countdown=countdown) from exc
             logger.exception("job %s failed with the same internal error %d times", job_id, streak)
-            fail_unexpectedly(holder.engine, key)
-            record_outcome(holder.engine, job_id, Outcome.FAILED)
+            failed = fail_unexpectedly(holder.engine, key)
+            if failed is not None:
+                record_outcome(failed, Outcome.FAILED)
             raise
-        record_outcome(holder.engine, job_id, outcome)
-        if outcome is not Outcome.BUSY:
-            # A run that ended the job, or found it ended by one that died before this step.
+        if run.job is not None:
+            record_outcome(run.job, run.outcome)
+        if run.deliveries or run.outcome is Outcome.SKIPPED:
+            # What this run recorded, or what one that ended the job and died before this step
+            # may have left unsent.
             publish_job_deliveries(key)
-        logger.info("job %s %s", job_id, outcome)
-        return outcome
+        logger.info("job %s %s", job_id, run.outcome)
+        return run.outcome
 
     def publish_job_deliveries(key: uuid.UUID) -> None:
         try:

@@ -8,23 +8,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from celery import Task, signals
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Row
 
 from shared.jobs.queue import PROCESS_JOB
 from shared.jobs.runner import Outcome
 from shared.ops import logs, metrics
 from shared.settings import Settings
-from shared.store.models import Job
 
 logger = logging.getLogger(__name__)
 
-FINISHING_OUTCOMES = frozenset({Outcome.SUCCEEDED, Outcome.FAILED})
 # When the running task started: a pool process runs one task at a time.
 _task_started: list[float] = [0.0]
 
@@ -69,40 +65,21 @@ def connect_signals(settings: Settings) -> None:
         signal.connect(receiver, weak=False, dispatch_uid=f"timebatch.{receiver.__name__}")
 
 
-def record_outcome(engine: Engine, job_id: str, outcome: Outcome) -> None:
-    """Count a job this task just finished, from its row; its organization joins the logs.
+def record_outcome(job: Row[Any], outcome: Outcome) -> None:
+    """Count a job this task just ended, from its row as the run had it (the runner's
+    STARTED); its organization joins the logs.
 
     The duration is measured here, not taken from the row: the row's timestamps come from
     different transactions' now() and are not precise enough for a histogram.
     """
     duration = time.monotonic() - _task_started[0]
-    if outcome not in FINISHING_OUTCOMES:
-        return  # busy or skipped: another delivery did (or does) the work
-    try:
-        with Session(engine) as session:
-            job = session.execute(
-                select(
-                    Job.organization_id,
-                    Job.operation,
-                    Job.status,
-                    Job.total,
-                    Job.created_at,
-                    Job.started_at,
-                ).where(Job.id == uuid.UUID(job_id))
-            ).one_or_none()
-    except Exception:
-        # Metrics must never fail a job whose result is already committed.
-        logger.warning("job %s: could not read it back for metrics", job_id, exc_info=True)
-        return
-    if job is None:
-        return
     logs.bind(organization_id=job.organization_id)
     queue_wait = None
-    if job.started_at is not None:
+    if job.started_at is not None:  # failed before any run could mark it
         queue_wait = (job.started_at - job.created_at).total_seconds()
     metrics.job_finished(
         operation=job.operation,
-        status=job.status,
+        status=outcome,
         queue_wait=queue_wait,
         duration=duration,
         entries=job.total,

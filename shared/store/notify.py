@@ -21,8 +21,8 @@ from types import TracebackType
 from typing import Any
 
 import psycopg
-from sqlalchemy import ColumnElement, Connection, Text, func, literal, make_url, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Connection, Text, cast, func, literal, make_url, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 # Payload: the job id; sent in the transaction that ends the job.
 CHANNEL = "timebatch_jobs"
@@ -33,8 +33,13 @@ RECONNECT_DELAY = 1.0
 logger = logging.getLogger(__name__)
 
 
+def finished_notice(job_id: ColumnElement[Any] | InstrumentedAttribute[Any]) -> ColumnElement[Any]:
+    """The end notification as a SQL expression, for the statement that ends a job."""
+    return func.pg_notify(CHANNEL, cast(job_id, Text))
+
+
 def notify_finished(session: Session, job_id: str) -> None:
-    session.execute(text("SELECT pg_notify(:channel, :job)"), {"channel": CHANNEL, "job": job_id})
+    session.execute(select(finished_notice(literal(job_id, Text))))
 
 
 def progress_notice(

@@ -357,7 +357,7 @@ def test_job_that_keeps_failing_is_given_up_with_a_clear_error(
             {"n": fault_settings.job_max_runs, "id": job_id},
         )
         session.commit()
-    outcome = run_job(e2e_db, uuid.UUID(job_id), max_runs=fault_settings.job_max_runs)
+    outcome = run_job(e2e_db, uuid.UUID(job_id), max_runs=fault_settings.job_max_runs).outcome
     assert outcome == "failed"
     result = fault_client.follow(accepted, headers)
     assert result.status == 500

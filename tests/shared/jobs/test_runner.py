@@ -63,7 +63,7 @@ def entries(engine: Engine) -> dict[int, tuple[Any, ...]]:
 
 
 def run(engine: Engine, job_id: uuid.UUID) -> Outcome:
-    return run_job(engine, job_id, max_runs=MAX_RUNS, lease=2)
+    return run_job(engine, job_id, max_runs=MAX_RUNS, lease=2).outcome
 
 
 def test_a_second_run_is_skipped_and_the_effect_happens_once(e2e_db: Engine) -> None:

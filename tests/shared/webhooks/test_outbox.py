@@ -11,7 +11,8 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, select, text, update
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
 from shared.domain.tokens import Principal
@@ -72,7 +73,7 @@ def test_a_finished_job_has_one_delivery_per_endpoint_that_wants_its_event(
     endpoint(e2e_db, organization_id=2111)
     job_id = queued(e2e_db, [create_resource(), create_resource()])
 
-    assert run_job(e2e_db, job_id, max_runs=3) is Outcome.SUCCEEDED
+    assert run_job(e2e_db, job_id, max_runs=3).outcome is Outcome.SUCCEEDED
 
     found = rows(e2e_db, job_id)
     assert [d.webhook_id for d in found] == [wants_all, wants_success]
@@ -98,7 +99,7 @@ def test_a_batch_that_fails_is_told_as_failed(e2e_db: Engine) -> None:
     unknown_service["relationships"]["service"]["data"]["id"] = "999999"
     job_id = queued(e2e_db, [create_resource(), unknown_service])
 
-    assert run_job(e2e_db, job_id, max_runs=3) is Outcome.FAILED
+    assert run_job(e2e_db, job_id, max_runs=3).outcome is Outcome.FAILED
 
     (delivery,) = rows(e2e_db, job_id)
     assert delivery.webhook_id == hook
@@ -113,18 +114,15 @@ def test_a_run_that_rolls_back_writes_no_delivery(
     endpoint(e2e_db)
     job_id = queued(e2e_db, [create_resource()])
 
-    def crash(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("a bug after the job's end was written")
-
-    # The finishing statement raises after the outbox insert: the whole transaction goes.
-    original = runner.notify_finished
-    monkeypatch.setattr(runner, "notify_finished", crash)
-    with pytest.raises(RuntimeError):
+    # The statement that ends the job fails after the outbox insert: the whole transaction goes.
+    original = runner._FINISH
+    monkeypatch.setattr(runner, "_FINISH", text("SELECT 1 / 0"))
+    with pytest.raises(DataError):
         run_job(e2e_db, job_id, max_runs=3)
     assert rows(e2e_db, job_id) == []
 
-    monkeypatch.setattr(runner, "notify_finished", original)
-    assert run_job(e2e_db, job_id, max_runs=3) is Outcome.SUCCEEDED
+    monkeypatch.setattr(runner, "_FINISH", original)
+    assert run_job(e2e_db, job_id, max_runs=3).outcome is Outcome.SUCCEEDED
     assert len(rows(e2e_db, job_id)) == 1
 
 

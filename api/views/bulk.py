@@ -94,10 +94,10 @@ def _submit(operation: Operation) -> Response:
         idempotency_key=key,
     )
     session.commit()
-    if created:
-        # Only after the commit: a worker must find the row the message names.
-        services().publish(str(job.id), job.rank)
-    return answer_for(job, accepted=True)
+    if not created:
+        return answer_for(job, accepted=True)
+    # Only after the commit: a worker must find the row the message names.
+    return answer_for(job, accepted=True, publish=lambda: services().publish(str(job.id), job.rank))
 
 
 @blueprint.post("/time_entries")

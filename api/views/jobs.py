@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, request, url_for
@@ -119,26 +119,31 @@ def gunzipped(body: bytes) -> Iterator[bytes]:
     yield decompressor.flush()
 
 
-def wait_for(job: Job, seconds: int) -> Job:
+def wait_for(job: Job, seconds: int, *, publish: Callable[[], None] | None = None) -> Job:
     """Wait until the job finishes or `seconds` pass; returns the freshest row.
 
     Wakes on the worker's notification; re-reads at least every second in case one is missed.
     When this process already has as many waiters as it allows, answers at once: RFC 7240
-    lets a server ignore a preference.
+    lets a server ignore a preference. `publish`, for a job just stored, sends it to the
+    workers once this request listens: the job as read then cannot end unseen, so the wait
+    starts without reading it again.
     """
     if job.status in ENDED_STATUSES or seconds <= 0:
+        if publish is not None:
+            publish()
         return job
     deadline = time.monotonic() + seconds
     session = db()
     with services().listener.waiting(str(job.id)) as finished:
+        if publish is not None:
+            publish()
         if finished is None:
             return job
+        current = publish is not None
         while True:
-            # A fresh snapshot; the commit after it hands the connection back to the pool,
-            # so a waiting request holds none.
-            session.commit()
-            job = reread_job(session, job)
-            session.commit()
+            if not current:
+                job = reread_job(session, job)
+            current = False
             remaining = deadline - time.monotonic()
             if job.status in ENDED_STATUSES or remaining <= 0:
                 return job
@@ -146,14 +151,19 @@ def wait_for(job: Job, seconds: int) -> Job:
             finished.clear()
 
 
-def answer_for(job: Job, *, accepted: bool) -> Response:
+def answer_for(job: Job, *, accepted: bool, publish: Callable[[], None] | None = None) -> Response:
+    """The job, or its result when the client prefers to wait and it ends in time. `publish`
+    sends a new job to the workers (see wait_for)."""
     wait = preferred_wait(request)
-    if wait:
-        job = wait_for(job, wait)
-        if job.status in FINISHED_STATUSES:
-            response = result_response(job)
-            response.headers["Preference-Applied"] = f"wait={wait}"
-            return response
+    if not wait:
+        if publish is not None:
+            publish()
+        return job_response(job, 202 if accepted else 200)
+    job = wait_for(job, wait, publish=publish)
+    if job.status in FINISHED_STATUSES:
+        response = result_response(job)
+        response.headers["Preference-Applied"] = f"wait={wait}"
+        return response
     return job_response(job, 202 if accepted else 200)
 
 

@@ -112,8 +112,17 @@ def find_job(session: Session, organization_id: int, job_id: str) -> Job | None:
 
 def reread_job(session: Session, job: Job) -> Job:
     """The job as it is now, with its stored result: what a request waiting for its end
-    sends once it has ended, read in the same round trip."""
-    return session.scalars(_REREAD, {"job_id": job.id}).one()
+    sends once it has ended, read in the same round trip.
+
+    A statement of its own, between the session's transactions: autocommit spares it a BEGIN
+    and a COMMIT, and the connection goes back to the pool after it, so a waiting request
+    holds none.
+    """
+    session.commit()
+    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    fresh = session.scalars(_REREAD, {"job_id": job.id}).one()
+    session.commit()
+    return fresh
 
 
 def cancel_job(session: Session, job: Job) -> bool:

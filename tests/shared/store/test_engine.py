@@ -1,0 +1,41 @@
+"""The engine's one-statement writes, on the committed database (`e2e_db`)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine, func, select, text, update
+from sqlalchemy.orm import Session
+
+from shared.domain.tokens import Principal
+from shared.store.engine import UnflushedWrite
+from shared.store.models import Job, JobStatus
+from tests.factories import create_resource, queue_job
+
+MEMBER = Principal(person_id=7781, organization_id=2110, read_only=False)
+
+
+def test_an_unflushed_write_commits_at_once_without_flushing_and_leaves_its_connection_as_it_was(
+    e2e_db: Engine,
+) -> None:
+    # One connection in the pool: the write's is the one the checks below get back.
+    engine = create_engine(e2e_db.url, pool_size=1, max_overflow=0)
+    try:
+        with Session(engine) as session:
+            job_id = queue_job(session, MEMBER, "create", [create_resource()]).id
+            session.commit()
+        mark = UnflushedWrite(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status=JobStatus.RUNNING)
+            .returning(func.current_setting("synchronous_commit"))
+        )
+        row = mark(engine)
+        assert row is not None
+        # The setting as the statement ran, and as it set it for its own commit.
+        assert tuple(row) == ("on", "off")
+        with e2e_db.connect() as other:
+            assert other.scalar(select(Job.status).where(Job.id == job_id)) == "running"
+        with engine.connect() as same:
+            assert same.scalar(text("SHOW synchronous_commit")) == "on"
+            assert same.connection.driver_connection.autocommit is False
+    finally:
+        engine.dispose()

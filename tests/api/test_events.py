@@ -282,8 +282,8 @@ def job_id(e2e_db: Engine) -> str:
 
 
 def move(engine: Engine, job_id: str, status: str, processed: int) -> None:
-    """What the worker's _mark_running and ProgressReporter do: the row, then the
-    notification, in one committed transaction."""
+    """What the worker's running mark and ProgressReporter do: the row and its
+    notification, committed together."""
     with engine.begin() as connection:
         connection.execute(
             update(Job).where(Job.id == job_id).values(status=status, processed=processed)

@@ -139,28 +139,23 @@ def wait_for(job: Job, seconds: int, *, publish: Callable[[], None] | None = Non
             publish()
         if finished is None:
             return job
-        current = publish is not None
+        if publish is None:
+            job = reread_job(session, job)
         while True:
-            if not current:
-                job = reread_job(session, job)
-            current = False
             remaining = deadline - time.monotonic()
             if job.status in ENDED_STATUSES or remaining <= 0:
                 return job
             finished.wait(min(remaining, 1.0))
             finished.clear()
+            job = reread_job(session, job)
 
 
 def answer_for(job: Job, *, accepted: bool, publish: Callable[[], None] | None = None) -> Response:
     """The job, or its result when the client prefers to wait and it ends in time. `publish`
     sends a new job to the workers (see wait_for)."""
     wait = preferred_wait(request)
-    if not wait:
-        if publish is not None:
-            publish()
-        return job_response(job, 202 if accepted else 200)
     job = wait_for(job, wait, publish=publish)
-    if job.status in FINISHED_STATUSES:
+    if wait and job.status in FINISHED_STATUSES:
         response = result_response(job)
         response.headers["Preference-Applied"] = f"wait={wait}"
         return response

@@ -12,11 +12,12 @@ from collections.abc import Collection, Iterable, Sequence
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import delete, text
+from sqlalchemy import any_, delete, text
 from sqlalchemy.orm import Session
 
 from shared.domain.approval import add_pending_statuses, approve_all_people, required_approvers
 from shared.domain.context import (
+    IDS,
     LOCKED_NAMES,
     BatchContext,
     Progress,
@@ -394,6 +395,13 @@ def update_entries(
     written(updates)
 
 
+# By id alone: these are the entries just locked, all of them the organization's (any other
+# id is a problem, and nothing is deleted). Once psycopg prepares the statement, its plan is
+# generic; with the organization in it too, and statistics still lagging a big create, that
+# plan scanned all the organization's entries for each chunk: a minute for 100,000.
+_DELETE = delete(TimeEntry).where(TimeEntry.id == any_(IDS))
+
+
 def delete_entries(
     session: Session,
     ctx: BatchContext,
@@ -410,9 +418,5 @@ def delete_entries(
     ids = [item["id"] for item in items]
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
-        session.execute(
-            delete(TimeEntry).where(
-                TimeEntry.organization_id == ctx.organization_id, TimeEntry.id.in_(chunk)
-            )
-        )
+        session.execute(_DELETE, {"ids": chunk})
         progress(start + len(chunk))

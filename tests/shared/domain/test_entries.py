@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from shared.domain import entries
 from shared.domain.context import load_context
 from shared.domain.entries import create_entries, delete_entries, update_entries
 from shared.jsonapi.errors import ApiError
@@ -176,3 +178,24 @@ def test_returned_rows_are_the_stored_rows(session: Session, factories: Factorie
             select(*(getattr(TimeEntry, name) for name in COLUMNS)).where(TimeEntry.id == row["id"])
         ).one()
         assert {name: row[name] for name in COLUMNS} == dict(stored._mapping)
+
+
+def test_a_delete_chunk_stays_on_the_primary_key_when_statistics_lag_a_big_create(
+    session: Session,
+) -> None:
+    """The plan a prepared chunk delete gets once psycopg prepares it: generic, made with the
+    statistics of the table as it was before the create that filled it."""
+    session.execute(text("ANALYZE time_entries"))
+    ctx = load_context(session, 2110, 7781)
+    ids = [row["id"] for row in applied(create_entries, session, ctx, [item()] * 20_000, progress)]
+    statement = str(entries._DELETE.compile(dialect=session.get_bind().dialect))
+    driver = session.connection().connection.driver_connection
+    assert driver is not None
+    # A client-side cursor sends its text as it is: the statement's own $1 stays the PREPARE's.
+    with psycopg.ClientCursor(driver) as cursor:
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        cursor.execute(f"PREPARE delete_chunk(bigint[]) AS {statement.replace('%(ids)s', '$1')}")
+        cursor.execute("EXPLAIN EXECUTE delete_chunk(%s)", (ids[:1000],))
+        plan = [line for (line,) in cursor.fetchall()]
+        cursor.execute("DEALLOCATE delete_chunk")
+    assert "pk_time_entries" in "\n".join(plan), plan

@@ -5,10 +5,35 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy.orm import Session
 
 from shared.domain.context import BatchContext, Progress
-from shared.jobs.runner import Apply
+from shared.domain.documents import WRITABLE, Batch
+from shared.jobs.runner import APPLY, Apply
+from shared.store.columns import REFERENCES
+
+
+def resource_of(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The resource a job decodes into `item` (see documents.Batch)."""
+    resource: dict[str, Any] = {"type": "time_entries"}
+    if "id" in item:
+        resource["id"] = str(item["id"])
+    attributes = {name: item[name] for name in WRITABLE if name in item}
+    if attributes:
+        resource["attributes"] = attributes
+    relationships = {
+        reference.name: {
+            "data": None
+            if item[reference.column] is None
+            else {"type": reference.type, "id": str(item[reference.column])}
+        }
+        for reference in REFERENCES
+        if reference.column in item
+    }
+    if relationships:
+        resource["relationships"] = relationships
+    return resource
 
 
 def applied(
@@ -18,7 +43,15 @@ def applied(
     items: Sequence[Mapping[str, Any]],
     progress: Progress,
 ) -> list[dict[str, Any]]:
-    """Apply `items` as one chunk; the rows it wrote, in batch order."""
+    """Apply `items` as the batch of a job would be; the rows it wrote, in batch order."""
+    (operation,) = (operation for operation, (function, _) in APPLY.items() if function is apply)
+    body = orjson.dumps({"data": [resource_of(item) for item in items]})
     rows: list[dict[str, Any]] = []
-    apply(session, ctx, [items], progress, lambda written: rows.extend(map(dict, written)))
+    apply(
+        session,
+        ctx,
+        Batch(operation, body),
+        progress,
+        lambda written: rows.extend(map(dict, written)),
+    )
     return rows

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select, text
+from sqlalchemy import Row, any_, insert, select, text
 from sqlalchemy.orm import Session
 
 from shared.domain.context import (
@@ -20,9 +20,9 @@ from shared.domain.context import (
     BatchContext,
     Progress,
     Written,
-    lock_entries,
+    locked_chunks,
 )
-from shared.domain.documents import Item, whole
+from shared.domain.documents import Batch
 from shared.domain.problems import not_found, pointer
 from shared.jsonapi.errors import ApiError, Problem
 from shared.store.models import ApprovalStatus, Person, Service
@@ -74,39 +74,60 @@ def add_pending_statuses(session: Session, approvers_by_entry: Mapping[int, Iter
 
 
 def _written(
-    items: Sequence[Item],
+    ids: Sequence[int],
     entries: Mapping[int, Row[Any]],
     changed: Collection[int],
     values: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
-    """The entries as stored now, in batch order: the locked rows, `changed` ones with `values`.
+    """A chunk's entries as stored once the batch is written, in batch order: the locked
+    rows, `changed` ones with `values`.
 
-    The rows are locked, and since then this transaction wrote them only `values`: render
-    from memory instead of reading 10,000 rows back.
+    The rows are locked, and this transaction writes them only `values`: render from memory
+    instead of reading 10,000 rows back.
     """
-    changed = set(changed)
-    stored: dict[int, dict[str, Any]] = {}
-    for entry_id, row in entries.items():
-        stored[entry_id] = dict(zip(LOCKED_NAMES, row, strict=True))
+    stored: list[dict[str, Any]] = []
+    for entry_id in ids:
+        row = dict(zip(LOCKED_NAMES, entries[entry_id], strict=True))
         if entry_id in changed:
-            stored[entry_id].update(values)
-    return [stored[item["id"]] for item in items]
+            row.update(values)
+        stored.append(row)
+    return stored
 
 
-def _locked(
-    session: Session, ctx: BatchContext, items: Sequence[Item], problems: list[Problem]
-) -> dict[int, Any]:
-    entries = lock_entries(session, ctx, [item["id"] for item in items])
-    for index, item in enumerate(items):
-        if item["id"] not in entries:
-            problems.append(not_found(index, "id", "time entry", item["id"]))
-    return entries
+def _not_found(
+    ids: Sequence[int], offset: int, entries: Mapping[int, Any], problems: list[Problem]
+) -> None:
+    for index, entry_id in enumerate(ids, offset):
+        if entry_id not in entries:
+            problems.append(not_found(index, "id", "time entry", entry_id))
+
+
+_STATUSES = select(
+    ApprovalStatus.time_entry_id, ApprovalStatus.approver_id, ApprovalStatus.status
+).where(ApprovalStatus.time_entry_id == any_(IDS))
+_MARK_SQL = text(
+    "UPDATE approval_statuses SET status = 'approved', approved_at = :now"
+    " WHERE time_entry_id = ANY(:ids) AND status = 'pending'"
+).bindparams(IDS)
+_MARK_MINE_SQL = text(
+    "UPDATE approval_statuses SET status = 'approved', approved_at = :now"
+    " WHERE time_entry_id = ANY(:ids) AND status = 'pending' AND approver_id = :caller"
+).bindparams(IDS)
+# Every approver has to approve again: their statuses are recreated as pending, in the order
+# they were made.
+_RENEW_SQL = text(
+    "WITH old AS (DELETE FROM approval_statuses WHERE time_entry_id = ANY(:ids)"
+    " RETURNING id, time_entry_id, approver_id)"
+    " INSERT INTO approval_statuses (time_entry_id, approver_id, status)"
+    " SELECT time_entry_id, approver_id, 'pending' FROM old"
+    " ORDER BY min(id) OVER (PARTITION BY time_entry_id), id"
+).bindparams(IDS)
 
 
 def approve_entries(
     session: Session,
     ctx: BatchContext,
-    chunks: Iterable[Sequence[Item]],
+    batch: Batch,
     progress: Progress,
     written: Written,
 ) -> None:
@@ -121,55 +142,7 @@ def approve_entries(
         )
     if not (caller.can_approve or caller.can_approve_all):
         raise ApiError.one(403, "Forbidden", "you do not have the permission to approve time")
-    # Whole: its entries are locked in one pass, in id order (see lock_entries).
-    items = whole(chunks)
-    problems: list[Problem] = []
-    entries = _locked(session, ctx, items, problems)
-    pending = [e for e in entries.values() if not e.approved]
-    to_approve: list[int] = []
-    if not ctx.organization.approval_workflow:
-        to_approve = [e.id for e in pending]
-    else:
-        statuses: dict[int, dict[int, str]] = defaultdict(dict)
-        for status in session.scalars(
-            select(ApprovalStatus).where(ApprovalStatus.time_entry_id.in_([e.id for e in pending]))
-        ):
-            statuses[status.time_entry_id][status.approver_id] = status.status
-        marks: list[int] = []
-        for index, item in enumerate(items):
-            entry = entries.get(item["id"])
-            if entry is None or entry.approved:
-                continue
-            mine = statuses[entry.id]
-            if for_all_approvers:
-                marks.append(entry.id)
-                mine = dict.fromkeys(mine, "approved")
-            elif caller.id in mine:
-                marks.append(entry.id)
-                mine[caller.id] = "approved"
-            else:
-                problems.append(
-                    Problem(
-                        403,
-                        "Forbidden",
-                        f"you are not an approver of time entry {entry.id}",
-                        pointer=pointer(index, "id"),
-                    )
-                )
-                continue
-            if all(s == "approved" for s in mine.values()):
-                to_approve.append(entry.id)
-        if not problems and marks:
-            mark_filter = "" if for_all_approvers else " AND approver_id = :caller"
-            session.execute(
-                text(
-                    "UPDATE approval_statuses SET status = 'approved', approved_at = :now"
-                    " WHERE time_entry_id = ANY(:ids) AND status = 'pending'" + mark_filter
-                ),
-                {"ids": marks, "now": ctx.now, "caller": caller.id},
-            )
-    if problems:
-        raise ApiError(problems)
+    workflow = ctx.organization.approval_workflow
     approved = {
         "approved": True,
         "approved_at": ctx.now.replace(microsecond=0),
@@ -178,6 +151,54 @@ def approve_entries(
         "updater_id": caller.id,
         "last_actor_id": caller.id,
     }
+    problems: list[Problem] = []
+    marks: list[int] = []
+    to_approve: list[int] = []
+    for offset, ids, entries in locked_chunks(session, ctx, batch.ids()):
+        _not_found(ids, offset, entries, problems)
+        pending = [entry_id for entry_id, entry in entries.items() if not entry.approved]
+        if not workflow:
+            chunk_approved = pending
+        else:
+            chunk_approved = []
+            statuses: dict[int, dict[int, str]] = defaultdict(dict)
+            for entry_id, approver_id, status in session.execute(_STATUSES, {"ids": pending}):
+                statuses[entry_id][approver_id] = status
+            for index, entry_id in enumerate(ids, offset):
+                entry = entries.get(entry_id)
+                if entry is None or entry.approved:
+                    continue
+                mine = statuses[entry.id]
+                if for_all_approvers:
+                    marks.append(entry.id)
+                    mine = dict.fromkeys(mine, "approved")
+                elif caller.id in mine:
+                    marks.append(entry.id)
+                    mine[caller.id] = "approved"
+                else:
+                    problems.append(
+                        Problem(
+                            403,
+                            "Forbidden",
+                            f"you are not an approver of time entry {entry.id}",
+                            pointer=pointer(index, "id"),
+                        )
+                    )
+                    continue
+                if all(s == "approved" for s in mine.values()):
+                    chunk_approved.append(entry.id)
+        if problems:
+            continue
+        to_approve.extend(chunk_approved)
+        progress(offset + len(ids))
+        written(_written(ids, entries, set(chunk_approved), approved))
+    if problems:
+        raise ApiError(problems)
+    if marks:
+        session.execute(
+            _MARK_SQL if for_all_approvers else _MARK_MINE_SQL,
+            {"ids": marks, "now": ctx.now, "caller": caller.id},
+        )
     if to_approve:
         session.execute(
             _APPROVE_SQL,
@@ -188,50 +209,18 @@ def approve_entries(
                 "now": ctx.now,
             },
         )
-    progress(len(items))
-    written(_written(items, entries, to_approve, approved))
 
 
 def unapprove_entries(
     session: Session,
     ctx: BatchContext,
-    chunks: Iterable[Sequence[Item]],
+    batch: Batch,
     progress: Progress,
     written: Written,
 ) -> None:
     caller = ctx.caller
     if not (caller.can_approve or caller.can_approve_all):
         raise ApiError.one(403, "Forbidden", "you do not have the permission to unapprove time")
-    items = whole(chunks)
-    problems: list[Problem] = []
-    entries = _locked(session, ctx, items, problems)
-    for index, item in enumerate(items):
-        entry = entries.get(item["id"])
-        if entry is not None and entry.invoiced:
-            problems.append(
-                Problem(
-                    409,
-                    "Entry locked",
-                    f"time entry {entry.id} is invoiced and cannot be unapproved",
-                    pointer=pointer(index, "id"),
-                )
-            )
-    if problems:
-        raise ApiError(problems)
-    ids = list(entries)
-    session.execute(_UNAPPROVE_SQL, {"ids": ids, "now": ctx.now, "actor_id": caller.id})
-    if ctx.organization.approval_workflow:
-        # Statuses are recreated as pending: every approver has to approve again.
-        approvers: dict[int, list[int]] = defaultdict(list)
-        for entry_id, approver_id in session.execute(
-            select(ApprovalStatus.time_entry_id, ApprovalStatus.approver_id)
-            .where(ApprovalStatus.time_entry_id.in_(ids))
-            .order_by(ApprovalStatus.id)
-        ):
-            approvers[entry_id].append(approver_id)
-        session.execute(delete(ApprovalStatus).where(ApprovalStatus.time_entry_id.in_(ids)))
-        add_pending_statuses(session, approvers)
-    progress(len(items))
     unapproved = {
         "approved": False,
         "approved_at": None,
@@ -240,4 +229,29 @@ def unapprove_entries(
         "updater_id": caller.id,
         "last_actor_id": caller.id,
     }
-    written(_written(items, entries, ids, unapproved))
+    problems: list[Problem] = []
+    unapproving: list[int] = []
+    for offset, ids, entries in locked_chunks(session, ctx, batch.ids()):
+        _not_found(ids, offset, entries, problems)
+        for index, entry_id in enumerate(ids, offset):
+            entry = entries.get(entry_id)
+            if entry is not None and entry.invoiced:
+                problems.append(
+                    Problem(
+                        409,
+                        "Entry locked",
+                        f"time entry {entry.id} is invoiced and cannot be unapproved",
+                        pointer=pointer(index, "id"),
+                    )
+                )
+        if problems:
+            continue
+        unapproving.extend(entries)
+        progress(offset + len(ids))
+        written(_written(ids, entries, entries, unapproved))
+    if problems:
+        raise ApiError(problems)
+    params = {"ids": unapproving, "now": ctx.now, "actor_id": caller.id}
+    session.execute(_UNAPPROVE_SQL, params)
+    if ctx.organization.approval_workflow:
+        session.execute(_RENEW_SQL, {"ids": unapproving})

@@ -7,17 +7,18 @@ indistinguishable from a missing one.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, TypeVar
 
-from sqlalchemy import Row, any_, bindparam, select
+from sqlalchemy import Executable, Row, any_, bindparam, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 from sqlalchemy.types import BigInteger
 
 from shared.domain.costs import CurrencyBook
+from shared.domain.documents import CHUNK
 from shared.jsonapi.render import CompressedCollection, EntryRenderer, Related
 from shared.store.models import ExchangeRate, Organization, Person, Service, Task, TimeEntry
 from shared.store.queries import ENTRY_COLUMNS, ENTRY_INCLUDES, referenced
@@ -139,22 +140,55 @@ LOCKED_NAMES = tuple(column.key for column in LOCKED_COLUMNS)
 # former is a constant to the planner, and with the latter the first batch on a table without
 # statistics yet took seconds, searching the array once per row.
 IDS = bindparam("ids", type_=ARRAY(BigInteger))
-_LOCK = (
-    select(*LOCKED_COLUMNS)
-    .where(TimeEntry.organization_id == bindparam("organization_id"), TimeEntry.id == any_(IDS))
-    .order_by(TimeEntry.id)
-    .with_for_update()
+# The ids in one array: a row each cost more to fetch than the lock.
+_LOCK = select(
+    func.array_agg(
+        select(TimeEntry.id)
+        .where(TimeEntry.organization_id == bindparam("organization_id"), TimeEntry.id == any_(IDS))
+        .order_by(TimeEntry.id)
+        .with_for_update()
+        .subquery()
+        .c.id
+    )
 )
+# By id alone: only entries just locked are read, all of them the organization's. Once psycopg
+# prepares a statement its plan is generic, and with the organization in it too, while the
+# statistics still lag a big create, that plan scanned all the organization's entries for
+# each chunk.
+READ_LOCKED = select(*LOCKED_COLUMNS).where(TimeEntry.id == any_(IDS))
 
 
-def lock_entries(session: Session, ctx: BatchContext, ids: Collection[int]) -> dict[int, Row[Any]]:
-    """The organization's entries with these ids, row-locked.
+def lock_entries(session: Session, ctx: BatchContext, ids: Collection[int]) -> list[int]:
+    """Row-lock the organization's entries with these ids; the ids it has, in id order.
 
     Locks are taken in id order so that jobs over overlapping entries queue up instead of
-    deadlocking.
+    deadlocking. Only the ids come back: the rows are read a chunk at a time (read_locked).
     """
+    params = {"organization_id": ctx.organization_id, "ids": list(ids)}
+    return session.connection().scalar(_LOCK, params) or []
+
+
+def read_locked(
+    session: Session, locked: Container[int], ids: Iterable[int], read: Executable = READ_LOCKED
+) -> dict[int, Row[Any]]:
+    """The rows of the entries among `ids` that are in `locked`, by id, as `read` selects
+    them by id (`ids`)."""
     # Core, not the ORM: these are plain rows, and the ORM's per-row result processing costs
     # a third of the pass. (A batch leaves nothing pending in the session to autoflush.)
-    params = {"organization_id": ctx.organization_id, "ids": list(ids)}
-    rows = session.connection().execute(_LOCK, params).all()
+    wanted = [entry_id for entry_id in ids if entry_id in locked]
+    if not wanted:
+        return {}
+    rows = session.connection().execute(read, {"ids": wanted}).all()
     return {row.id: row for row in rows}
+
+
+def locked_chunks(
+    session: Session, ctx: BatchContext, ids: Sequence[int], read: Executable = READ_LOCKED
+) -> Iterator[tuple[int, Sequence[int], dict[int, Row[Any]]]]:
+    """The entries a batch names, locked all at once (lock_entries), then CHUNK at a time:
+    each chunk of ids with its offset in the batch and the rows of those the organization
+    has, read as the chunk comes. A batch of 100,000 never holds all its rows."""
+    locked = set(lock_entries(session, ctx, ids))
+    for offset in range(0, len(ids), CHUNK):
+        chunk = ids[offset : offset + CHUNK]
+        yield offset, chunk, read_locked(session, locked, chunk, read)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal, get_args
 
 import msgspec
@@ -307,19 +307,33 @@ def _item(resource: Any, with_id: bool) -> dict[str, Any]:
     return item
 
 
-def chunks(operation: Operation, body: bytes | bytearray) -> Iterator[list[Item]]:
+class Batch:
     """The items a job applies, from its stored body, CHUNK at a time: one dict per resource,
-    relationships flattened to person_id / service_id / task_id, dates as ISO strings."""
-    with_id = operation != Operation.CREATE
-    for chunk in _typed(operation, _outline(operation, body)):
-        yield [_item(resource, with_id) for resource in chunk]
+    relationships flattened to person_id / service_id / task_id, dates as ISO strings.
 
+    Each pass decodes them afresh: an operation that must see every entry the batch names
+    before it writes passes over the batch twice rather than hold it whole.
+    """
 
-def whole(chunks: Iterable[Sequence[Item]]) -> list[Item]:
-    """The items of every chunk in one list, for what must see the batch at once."""
-    return [item for chunk in chunks for item in chunk]
+    def __init__(self, operation: Operation, body: bytes | bytearray) -> None:
+        self.operation = operation
+        self._outline = _outline(operation, body)
+
+    def __iter__(self) -> Iterator[list[Item]]:
+        with_id = self.operation != Operation.CREATE
+        for chunk in _typed(self.operation, self._outline):
+            yield [_item(resource, with_id) for resource in chunk]
+
+    def ids(self) -> list[int]:
+        """The entries the batch names, in batch order, of an operation that names them: a
+        pass that builds no items."""
+        return [
+            _number(resource.id)
+            for chunk in _typed(self.operation, self._outline)
+            for resource in chunk
+        ]
 
 
 def items(operation: Operation, body: bytes) -> list[Item]:
     """Every item of the body at once."""
-    return whole(chunks(operation, body))
+    return [item for chunk in Batch(operation, body) for item in chunk]

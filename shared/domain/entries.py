@@ -8,11 +8,11 @@ hands the rows it wrote, in batch order, to `written`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import any_, delete, text
+from sqlalchemy import any_, delete, select, text
 from sqlalchemy.orm import Session
 
 from shared.domain.approval import add_pending_statuses, approve_all_people, required_approvers
@@ -24,10 +24,12 @@ from shared.domain.context import (
     Referenced,
     Written,
     lock_entries,
+    locked_chunks,
+    read_locked,
     referenced_by_id,
 )
 from shared.domain.costs import MissingExchangeRate, entry_costs
-from shared.domain.documents import CHUNK, Item, whole
+from shared.domain.documents import Batch, Item
 from shared.domain.locks import edit_refusal
 from shared.domain.problems import forbidden_for, not_found, pointer
 from shared.jsonapi.errors import ApiError, Problem
@@ -230,7 +232,7 @@ _INSERT_TYPES = ("bigint", *(kind for _, kind in INSERTABLE))
 def create_entries(
     session: Session,
     ctx: BatchContext,
-    chunks: Iterable[Sequence[Item]],
+    batch: Batch,
     progress: Progress,
     written: Written,
 ) -> None:
@@ -243,7 +245,7 @@ def create_entries(
     workflow = ctx.organization.approval_workflow
     fallback = approve_all_people(session, ctx) if workflow else []
     offset = 0
-    for items in chunks:
+    for items in batch:
         refs.load(
             {i["person_id"] for i in items},
             {i["service_id"] for i in items},
@@ -309,22 +311,24 @@ def create_entries(
 REPRICING_FIELDS = frozenset({"time", "person_id", "service_id"})
 
 
-def _locked_entries(
-    session: Session, ctx: BatchContext, items: Sequence[Item], problems: list[Problem]
-) -> dict[int, Any]:
-    """Lock the named entries; report missing, foreign, locked and not-permitted ones."""
-    entries = lock_entries(session, ctx, [item["id"] for item in items])
-    for index, item in enumerate(items):
-        entry = entries.get(item["id"])
+def _check_locked(
+    ctx: BatchContext,
+    ids: Iterable[int],
+    offset: int,
+    entries: Mapping[int, Any],
+    problems: list[Problem],
+) -> None:
+    """Report the missing, foreign, locked and not-permitted entries among a chunk's ids."""
+    for index, entry_id in enumerate(ids, offset):
+        entry = entries.get(entry_id)
         if entry is None:
-            problems.append(not_found(index, "id", "time entry", item["id"]))
+            problems.append(not_found(index, "id", "time entry", entry_id))
             continue
         refusal = edit_refusal(entry, pointer(index, "id"))
         if refusal is not None:
             problems.append(refusal)
         elif not may_edit_time_of(ctx.caller, entry.person_id):
             problems.append(forbidden_for(index, "id", entry.person_id))
-    return entries
 
 
 _EDITABLE = frozenset({"date", "time", "note", "person_id", "service_id", "task_id"})
@@ -337,86 +341,91 @@ _MERGED = itemgetter("person_id", "service_id", "task_id", "time")
 def update_entries(
     session: Session,
     ctx: BatchContext,
-    chunks: Iterable[Sequence[Item]],
+    batch: Batch,
     progress: Progress,
     written: Written,
 ) -> None:
-    # Whole: its entries are locked in one pass, in id order (see lock_entries).
-    items = whole(chunks)
-    problems: list[Problem] = []
-    entries = _locked_entries(session, ctx, items, problems)
-    people: set[int] = set()
-    services: set[int] = set()
-    tasks: set[int | None] = set()
-    for item in items:
-        entry = entries.get(item["id"])
-        if entry is not None:
-            people.add(item.get("person_id", entry.person_id))
-            services.add(item.get("service_id", entry.service_id))
-            tasks.add(item.get("task_id", entry.task_id))
+    """Chunk by chunk, once every entry is locked: check, COPY the new values into a scratch
+    table, hand them on; one UPDATE joins them in at the end. After the first problem the
+    rest is only checked, so the client hears of every problem; the caller rolls back."""
+    locked = set(lock_entries(session, ctx, batch.ids()))
     refs = _Refs(session, ctx)
-    refs.load(people, services, tasks)
-    updates: list[dict[str, Any]] = []
+    problems: list[Problem] = []
     caller_id = ctx.caller.id
     now = ctx.now
-    for index, item in enumerate(items):
-        entry = entries.get(item["id"])
-        if entry is None:
-            continue
-        values = dict(zip(LOCKED_NAMES, entry, strict=True))
-        for field, value in item.items():
-            if field in _EDITABLE:
-                values[field] = value
-        if "date" in item:
-            values["date"] = dt.date.fromisoformat(item["date"])
-        derived = _derive(
-            ctx, index, _MERGED(values), refs, problems, check_person="person_id" in item
-        )
-        # Without a change of time, person or service the stored prices stand.
-        if derived is not None and not REPRICING_FIELDS.isdisjoint(item):
-            values.update(derived)
-        values["updated_at"] = now
-        values["updater_id"] = values["last_actor_id"] = caller_id
-        updates.append(values)
-    if problems:
-        raise ApiError(problems)
     names = [name for name, _ in UPDATABLE]
     scratch_table(session, "time_entry_updates", "time_entries", names)
-    copy_rows(
-        session,
-        "time_entry_updates",
-        ["id", *names],
-        map(_UPDATE_ROW, updates),
-        progress,
-        types=_UPDATE_TYPES,
-    )
+    offset = 0
+    for items in batch:
+        entries = read_locked(session, locked, (item["id"] for item in items))
+        _check_locked(ctx, (item["id"] for item in items), offset, entries, problems)
+        merged: list[tuple[int, Item, dict[str, Any]]] = []
+        for index, item in enumerate(items, offset):
+            entry = entries.get(item["id"])
+            if entry is None:
+                continue
+            values = dict(zip(LOCKED_NAMES, entry, strict=True))
+            for field, value in item.items():
+                if field in _EDITABLE:
+                    values[field] = value
+            if "date" in item:
+                values["date"] = dt.date.fromisoformat(item["date"])
+            merged.append((index, item, values))
+        refs.load(
+            {values["person_id"] for _, _, values in merged},
+            {values["service_id"] for _, _, values in merged},
+            {values["task_id"] for _, _, values in merged},
+        )
+        for index, item, values in merged:
+            derived = _derive(
+                ctx, index, _MERGED(values), refs, problems, check_person="person_id" in item
+            )
+            # Without a change of time, person or service the stored prices stand.
+            if derived is not None and not REPRICING_FIELDS.isdisjoint(item):
+                values.update(derived)
+            values["updated_at"] = now
+            values["updater_id"] = values["last_actor_id"] = caller_id
+        offset += len(items)
+        if problems:
+            continue
+        updates = [values for _, _, values in merged]
+        copy_rows(
+            session,
+            "time_entry_updates",
+            ["id", *names],
+            map(_UPDATE_ROW, updates),
+            types=_UPDATE_TYPES,
+        )
+        progress(offset)
+        # The stored rows will be the locked ones with these values: render from memory.
+        written(updates)
+    if problems:
+        raise ApiError(problems)
     session.execute(_UPDATE_SQL)
-    # The stored rows are the locked ones with these values: render from memory.
-    written(updates)
 
 
-# By id alone: these are the entries just locked, all of them the organization's (any other
-# id is a problem, and nothing is deleted). Once psycopg prepares the statement, its plan is
-# generic; with the organization in it too, and statistics still lagging a big create, that
-# plan scanned all the organization's entries for each chunk: a minute for 100,000.
+# By id alone, as READ_LOCKED: these are entries just locked, all of them the organization's.
 _DELETE = delete(TimeEntry).where(TimeEntry.id == any_(IDS))
+# What a delete checks of an entry (_check_locked): a row of a few columns, not one to render.
+_DELETING = select(TimeEntry.id, TimeEntry.person_id, TimeEntry.invoiced, TimeEntry.approved).where(
+    TimeEntry.id == any_(IDS)
+)
 
 
 def delete_entries(
     session: Session,
     ctx: BatchContext,
-    chunks: Iterable[Sequence[Item]],
+    batch: Batch,
     progress: Progress,
     written: Written,
 ) -> None:
-    """Nothing is written to answer: a delete's answer is a 204."""
-    items = whole(chunks)
+    """Chunk by chunk, once every entry is locked: check, delete. Nothing is written to
+    answer: a delete's answer is a 204."""
     problems: list[Problem] = []
-    _locked_entries(session, ctx, items, problems)
+    for offset, ids, entries in locked_chunks(session, ctx, batch.ids(), _DELETING):
+        _check_locked(ctx, ids, offset, entries, problems)
+        if not problems:
+            session.execute(_DELETE, {"ids": list(entries)})
+            progress(offset + len(ids))
     if problems:
         raise ApiError(problems)
-    ids = [item["id"] for item in items]
-    for start in range(0, len(ids), CHUNK):
-        chunk = ids[start : start + CHUNK]
-        session.execute(_DELETE, {"ids": chunk})
-        progress(start + len(chunk))

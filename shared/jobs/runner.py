@@ -12,7 +12,7 @@ import gc
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -20,10 +20,9 @@ from typing import Any
 from sqlalchemy import Engine, Integer, Row, Update, bindparam, case, func, select, text, update
 from sqlalchemy.orm import Session
 
-from shared.domain import documents
 from shared.domain.approval import approve_entries, unapprove_entries
 from shared.domain.context import BatchContext, BatchResult, Progress, Written, load_context
-from shared.domain.documents import Item
+from shared.domain.documents import Batch
 from shared.domain.entries import create_entries, delete_entries, update_entries
 from shared.jsonapi.errors import ApiError
 from shared.jsonapi.render import gzip_document
@@ -33,7 +32,7 @@ from shared.store.notify import finished_notice, notify_finished, progress_notic
 from shared.store.queries import stored_batch
 from shared.webhooks.outbox import record_job_event
 
-Apply = Callable[[Session, BatchContext, Iterable[Sequence[Item]], Progress, Written], None]
+Apply = Callable[[Session, BatchContext, Batch, Progress, Written], None]
 
 # Each operation's domain function and the HTTP status of its success.
 APPLY: dict[Operation, tuple[Apply, int]] = {
@@ -263,8 +262,8 @@ def _run_locked(engine: Engine, job_id: uuid.UUID, max_runs: int, heartbeat: Hea
             batch = (
                 job.small_batch if job.small_batch is not None else stored_batch(session, job.id)
             )
-            chunks = documents.chunks(operation, batch)
-            apply(session, ctx, chunks, ProgressReporter(engine, job_id, job.total), result.add)
+            progress = ProgressReporter(engine, job_id, job.total)
+            apply(session, ctx, Batch(operation, batch), progress, result.add)
         except ApiError as exc:
             savepoint.rollback()
             return _finish(

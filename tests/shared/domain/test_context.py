@@ -11,7 +11,15 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import NoResultFound, OperationalError
 from sqlalchemy.orm import Session
 
-from shared.domain.context import LOCKED_COLUMNS, load_context, lock_entries, referenced_by_id
+from shared.domain.context import (
+    LOCKED_COLUMNS,
+    load_context,
+    lock_entries,
+    locked_chunks,
+    read_locked,
+    referenced_by_id,
+)
+from shared.domain.documents import CHUNK
 from shared.store.models import Person, Service, Task
 from tests.factories import Factories
 
@@ -116,11 +124,38 @@ def test_lock_entries_returns_only_the_organization_s_entries(
     theirs = factories.entry(organization_id=2112, person_id=8881, service_id=2213)
     ctx = load_context(session, 2110, 7781)
     locked = lock_entries(session, ctx, [249, theirs.id, 235, mine.id, 223, 424242])
-    assert list(locked) == [223, 249, mine.id]  # in id order, the order the locks are taken
-    assert locked[249].approved is True and locked[249].approver_id == 7783
-    assert locked[mine.id].organization_id == 2110
-    assert list(locked[223]._fields) == [column.key for column in LOCKED_COLUMNS]
-    assert lock_entries(session, ctx, []) == {}
+    assert locked == [223, 249, mine.id]  # in id order, the order the locks are taken
+    assert lock_entries(session, ctx, []) == []
+
+
+def test_read_locked_reads_only_the_locked_among_the_ids(
+    session: Session, factories: Factories
+) -> None:
+    mine = factories.entry()
+    theirs = factories.entry(organization_id=2112, person_id=8881, service_id=2213)
+    rows = read_locked(session, {249, mine.id}, [theirs.id, 249, mine.id, 223])
+    assert sorted(rows) == sorted([249, mine.id])  # 223 exists but was not locked
+    assert rows[249].approved is True and rows[249].approver_id == 7783
+    assert rows[mine.id].organization_id == 2110
+    assert list(rows[249]._fields) == [column.key for column in LOCKED_COLUMNS]
+    assert read_locked(session, {249}, [223]) == {}
+
+
+def test_locked_chunks_locks_the_whole_batch_before_the_first_chunk(
+    session: Session, other: Connection, factories: Factories
+) -> None:
+    theirs = factories.entry(organization_id=2112, person_id=8881, service_id=2213)
+    ctx = load_context(session, 2110, 7781)
+    ids = [249, theirs.id, *range(10**6, 10**6 + CHUNK - 2), 223]
+    chunks = locked_chunks(session, ctx, ids)
+    offset, chunk, rows = next(chunks)
+    # The second chunk's entry is locked already; the other organization's is not.
+    assert not can_lock(other, "time_entries", 223, "KEY SHARE")
+    assert can_lock(other, "time_entries", theirs.id, "UPDATE")
+    assert (offset, chunk, list(rows)) == (0, ids[:CHUNK], [249])
+    offset, chunk, rows = next(chunks)
+    assert (offset, chunk, list(rows)) == (CHUNK, [223], [223])
+    assert next(chunks, None) is None
 
 
 def test_locked_entries_are_row_locked_and_the_others_are_not(

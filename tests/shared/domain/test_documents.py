@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from shared.domain.documents import CHUNK, NotWellFormed, chunks, decode, items
+from shared.domain.documents import CHUNK, Batch, NotWellFormed, decode, items
 from shared.domain.limits import MAX_DATE, MAX_ID, MAX_MINUTES, MAX_NOTE, MIN_DATE
 from shared.store.models import Operation
 from tests.factories import create_resource, reference
@@ -44,7 +44,7 @@ def test_a_valid_body_of_each_operation_decodes(
 
 def test_a_large_batch_comes_in_chunks_and_a_problem_says_where_in_the_whole_batch() -> None:
     resources = [create_resource(note=str(n)) for n in range(CHUNK * 2 + 1)]
-    found = list(chunks(Operation.CREATE, body(resources)))
+    found = list(Batch(Operation.CREATE, body(resources)))
     assert [len(chunk) for chunk in found] == [CHUNK, CHUNK, 1]
     assert [item["note"] for chunk in found for item in chunk] == [
         str(n) for n in range(len(resources))

@@ -62,6 +62,11 @@ def entries(engine: Engine) -> dict[int, tuple[Any, ...]]:
         return {row.id: tuple(row) for row in rows}
 
 
+def approved_entries(engine: Engine) -> set[int]:
+    with Session(engine) as session:
+        return set(session.scalars(select(TimeEntry.id).where(TimeEntry.approved.is_(True))))
+
+
 def run(engine: Engine, job_id: uuid.UUID) -> Outcome:
     return run_job(engine, job_id, max_runs=MAX_RUNS, lease=2).outcome
 
@@ -256,6 +261,74 @@ def test_a_batch_of_several_chunks_answers_every_entry_in_order_with_what_it_inc
     with Session(e2e_db) as session:
         ids = [int(entry["id"]) for entry in document["data"]]
         assert session.scalar(select(func.count()).where(TimeEntry.id.in_(ids))) == len(data)
+
+
+ADMIN = Principal(person_id=7783, organization_id=2110, read_only=False)
+
+
+def created(engine: Engine, count: int) -> list[str]:
+    """The ids of `count` new entries, noted with their place."""
+    job_id = queued(engine, "create", [create_resource(note=str(n)) for n in range(count)])
+    assert run(engine, job_id) == Outcome.SUCCEEDED
+    return [entry["id"] for entry in stored_document(job_row(engine, job_id))["data"]]
+
+
+def answered(engine: Engine, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    assert run(engine, job_id) == Outcome.SUCCEEDED
+    return stored_document(job_row(engine, job_id))["data"]
+
+
+def test_a_batch_naming_several_chunks_of_entries_writes_and_answers_all_in_order(
+    e2e_db: Engine,
+) -> None:
+    # Reversed: each chunk's entries are read by id, the answer keeps the batch's order.
+    ids = created(e2e_db, CHUNK + 2)[::-1]
+    update_doc = [
+        {"type": "time_entries", "id": id_, "attributes": {"note": f"u{id_}"}} for id_ in ids
+    ]
+    data = answered(e2e_db, queued(e2e_db, "update", update_doc))
+    assert [(e["id"], e["attributes"]["note"]) for e in data] == [(i, f"u{i}") for i in ids]
+
+    data = answered(e2e_db, queued(e2e_db, "approve", [reference(i) for i in ids], principal=ADMIN))
+    assert [(e["id"], e["attributes"]["approved"]) for e in data] == [(i, True) for i in ids]
+    with Session(e2e_db) as session:
+        stored = session.execute(
+            select(TimeEntry.note, TimeEntry.approved).where(TimeEntry.id.in_(map(int, ids)))
+        ).all()
+    assert sorted(stored) == sorted((f"u{i}", True) for i in ids)
+
+    unapprove_doc = [reference(i) for i in ids]
+    data = answered(e2e_db, queued(e2e_db, "unapprove", unapprove_doc, principal=ADMIN))
+    assert [(e["id"], e["attributes"]["approved"]) for e in data] == [(i, False) for i in ids]
+
+    assert run(e2e_db, queued(e2e_db, "delete", [reference(i) for i in ids])) == Outcome.SUCCEEDED
+    with Session(e2e_db) as session:
+        left = session.scalar(select(func.count()).where(TimeEntry.id.in_(map(int, ids))))
+    assert left == 0
+
+
+@pytest.mark.parametrize("operation", ["update", "approve", "unapprove", "delete"])
+def test_a_missing_entry_in_a_later_chunk_undoes_the_chunks_before_it(
+    e2e_db: Engine, operation: str
+) -> None:
+    ids = created(e2e_db, CHUNK + 2)
+    before = entries(e2e_db), approved_entries(e2e_db)
+    late = CHUNK + 1
+    ids[late] = "424242"
+    data = [
+        {"type": "time_entries", "id": id_, "attributes": {"note": "changed"}}
+        if operation == "update"
+        else reference(id_)
+        for id_ in ids
+    ]
+    principal = MEMBER if operation in ("update", "delete") else ADMIN
+    job_id = queued(e2e_db, operation, data, principal=principal)
+
+    assert run(e2e_db, job_id) == Outcome.FAILED
+
+    (error,) = stored_document(job_row(e2e_db, job_id))["errors"]
+    assert (error["status"], error["source"]) == ("404", {"pointer": f"/data/{late}/id"})
+    assert (entries(e2e_db), approved_entries(e2e_db)) == before
 
 
 def test_a_refused_update_changes_none_of_the_batch(e2e_db: Engine) -> None:

@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Row, any_, insert, select, text
+from sqlalchemy import any_, insert, select, text
 from sqlalchemy.orm import Session
 
 from shared.domain.context import (
@@ -75,7 +75,7 @@ def add_pending_statuses(session: Session, approvers_by_entry: Mapping[int, Iter
 
 def _written(
     ids: Sequence[int],
-    entries: Mapping[int, Row[Any]],
+    entries: Mapping[int, Any],
     changed: Collection[int],
     values: Mapping[str, Any],
 ) -> list[dict[str, Any]]:

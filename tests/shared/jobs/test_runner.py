@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.orm import Session
 
+from shared.domain import entries as domain_entries
 from shared.domain.documents import CHUNK
 from shared.domain.tokens import Principal
 from shared.jobs.runner import Outcome, ProgressReporter, lock_key, run_job
@@ -279,8 +280,10 @@ def answered(engine: Engine, job_id: uuid.UUID) -> list[dict[str, Any]]:
 
 
 def test_a_batch_naming_several_chunks_of_entries_writes_and_answers_all_in_order(
-    e2e_db: Engine,
+    e2e_db: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The update's scratch rows go in by more than one COPY.
+    monkeypatch.setattr(domain_entries, "_SCRATCH_ROWS", CHUNK)
     # Reversed: each chunk's entries are read by id, the answer keeps the batch's order.
     ids = created(e2e_db, CHUNK + 2)[::-1]
     update_doc = [

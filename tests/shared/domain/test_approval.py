@@ -145,6 +145,27 @@ def test_unapprove_recreates_pending_statuses(session: Session) -> None:
     assert statuses(session, entry_id) == {7792: "pending", 7793: "pending"}
 
 
+def test_unapprove_makes_each_status_anew_in_the_order_they_were_made(session: Session) -> None:
+    first, second = workflow_entry(session), workflow_entry(session)
+    admin = load_context(session, 2111, 7793, {"for_all_approvers": True})
+    applied(approve_entries, session, admin, [{"id": first}, {"id": second}], progress)
+    kept = (ApprovalStatus.time_entry_id, ApprovalStatus.approver_id)
+    made = select(ApprovalStatus.id, *kept, ApprovalStatus.status, ApprovalStatus.approved_at)
+    made = made.where(ApprovalStatus.time_entry_id.in_([first, second])).order_by(ApprovalStatus.id)
+    before = session.execute(made).all()
+    assert {row.status for row in before} == {"approved"}
+
+    # Named in the other order: the statuses keep the order they were made in.
+    applied(unapprove_entries, session, admin, [{"id": second}, {"id": first}], progress)
+
+    after = session.execute(made).all()
+    assert [(row.time_entry_id, row.approver_id) for row in after] == [
+        (row.time_entry_id, row.approver_id) for row in before
+    ]
+    assert min(row.id for row in after) > max(row.id for row in before)
+    assert {(row.status, row.approved_at) for row in after} == {("pending", None)}
+
+
 def test_unapprove_of_invoiced_entry_is_409(session: Session, factories: Factories) -> None:
     entry = factories.entry(approved=True, invoiced=True)
     with pytest.raises(ApiError) as info:

@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session
 
 from shared.domain.context import (
     IDS,
-    LOCKED_NAMES,
     BatchContext,
     Progress,
     Written,
@@ -75,7 +74,7 @@ def add_pending_statuses(session: Session, approvers_by_entry: Mapping[int, Iter
 
 def _written(
     ids: Sequence[int],
-    entries: Mapping[int, Any],
+    entries: Mapping[int, dict[str, Any]],
     changed: Collection[int],
     values: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
@@ -85,13 +84,9 @@ def _written(
     The rows are locked, and this transaction writes them only `values`: render from memory
     instead of reading 10,000 rows back.
     """
-    stored: list[dict[str, Any]] = []
-    for entry_id in ids:
-        row = dict(zip(LOCKED_NAMES, entries[entry_id], strict=True))
-        if entry_id in changed:
-            row.update(values)
-        stored.append(row)
-    return stored
+    for entry_id in changed:
+        entries[entry_id].update(values)
+    return [entries[entry_id] for entry_id in ids]
 
 
 def _not_found(
@@ -156,7 +151,7 @@ def approve_entries(
     to_approve: list[int] = []
     for offset, ids, entries in locked_chunks(session, ctx, batch.ids()):
         _not_found(ids, offset, entries, problems)
-        pending = [entry_id for entry_id, entry in entries.items() if not entry.approved]
+        pending = [entry_id for entry_id, entry in entries.items() if not entry["approved"]]
         if not workflow:
             chunk_approved = pending
         else:
@@ -166,27 +161,27 @@ def approve_entries(
                 statuses[entry_id][approver_id] = status
             for index, entry_id in enumerate(ids, offset):
                 entry = entries.get(entry_id)
-                if entry is None or entry.approved:
+                if entry is None or entry["approved"]:
                     continue
-                mine = statuses[entry.id]
+                mine = statuses[entry_id]
                 if for_all_approvers:
-                    marks.append(entry.id)
+                    marks.append(entry_id)
                     mine = dict.fromkeys(mine, "approved")
                 elif caller.id in mine:
-                    marks.append(entry.id)
+                    marks.append(entry_id)
                     mine[caller.id] = "approved"
                 else:
                     problems.append(
                         Problem(
                             403,
                             "Forbidden",
-                            f"you are not an approver of time entry {entry.id}",
+                            f"you are not an approver of time entry {entry_id}",
                             pointer=pointer(index, "id"),
                         )
                     )
                     continue
                 if all(s == "approved" for s in mine.values()):
-                    chunk_approved.append(entry.id)
+                    chunk_approved.append(entry_id)
         if problems:
             continue
         to_approve.extend(chunk_approved)
@@ -235,12 +230,12 @@ def unapprove_entries(
         _not_found(ids, offset, entries, problems)
         for index, entry_id in enumerate(ids, offset):
             entry = entries.get(entry_id)
-            if entry is not None and entry.invoiced:
+            if entry is not None and entry["invoiced"]:
                 problems.append(
                     Problem(
                         409,
                         "Entry locked",
-                        f"time entry {entry.id} is invoiced and cannot be unapproved",
+                        f"time entry {entry_id} is invoiced and cannot be unapproved",
                         pointer=pointer(index, "id"),
                     )
                 )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, TypeVar
 
-from psycopg.rows import namedtuple_row
+from psycopg.rows import dict_row
 from sqlalchemy import any_, bindparam, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
@@ -170,8 +170,8 @@ def read_locked(
     ids: Iterable[int],
     columns: Sequence[str] = LOCKED_NAMES,
 ) -> dict[int, Any]:
-    """The rows of the entries among `ids` that are in `locked`, by id: named tuples of
-    `columns`, the first of them `id`."""
+    """The rows of the entries among `ids` that are in `locked`, by id: dicts of `columns`,
+    `id` among them, the caller's to change."""
     wanted = [entry_id for entry_id in ids if entry_id in locked]
     if not wanted:
         return {}
@@ -183,9 +183,9 @@ def read_locked(
     driver = session.connection().connection.driver_connection
     assert driver is not None
     statement = f"SELECT {', '.join(columns)} FROM time_entries WHERE id = ANY(%s)"
-    with driver.cursor(binary=True, row_factory=namedtuple_row) as cursor:
+    with driver.cursor(binary=True, row_factory=dict_row) as cursor:
         rows = cursor.execute(statement, [wanted]).fetchall()
-    return {row[0]: row for row in rows}
+    return {row["id"]: row for row in rows}
 
 
 def locked_chunks(

@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 from shared.domain.approval import add_pending_statuses, approve_all_people, required_approvers
 from shared.domain.context import (
     IDS,
-    LOCKED_NAMES,
     BatchContext,
     Progress,
     Referenced,
@@ -327,8 +326,8 @@ def _check_locked(
         refusal = edit_refusal(entry, pointer(index, "id"))
         if refusal is not None:
             problems.append(refusal)
-        elif not may_edit_time_of(ctx.caller, entry.person_id):
-            problems.append(forbidden_for(index, "id", entry.person_id))
+        elif not may_edit_time_of(ctx.caller, entry["person_id"]):
+            problems.append(forbidden_for(index, "id", entry["person_id"]))
 
 
 _EDITABLE = frozenset({"date", "time", "note", "person_id", "service_id", "task_id"})
@@ -366,10 +365,9 @@ def update_entries(
         _check_locked(ctx, (item["id"] for item in items), offset, entries, problems)
         merged: list[tuple[int, Item, dict[str, Any]]] = []
         for index, item in enumerate(items, offset):
-            entry = entries.get(item["id"])
-            if entry is None:
+            values = entries.get(item["id"])
+            if values is None:
                 continue
-            values = dict(zip(LOCKED_NAMES, entry, strict=True))
             for field, value in item.items():
                 if field in _EDITABLE:
                     values[field] = value

@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from shared.jsonapi.errors import Problem
 
 
-def edit_refusal(entry: Any, source: str) -> Problem | None:
-    """Why an entry may not be updated or deleted, or None when it may."""
-    if entry.invoiced:
+def edit_refusal(entry: Mapping[str, Any], source: str) -> Problem | None:
+    """Why an entry (its row: id, invoiced, approved) may not be updated or deleted, or None
+    when it may."""
+    if entry["invoiced"]:
         return Problem(
             409,
             "Entry locked",
-            f"time entry {entry.id} is invoiced and cannot change",
+            f"time entry {entry['id']} is invoiced and cannot change",
             pointer=source,
         )
-    if entry.approved:
+    if entry["approved"]:
         return Problem(
             409,
             "Entry locked",
-            f"time entry {entry.id} is approved: unapprove first",
+            f"time entry {entry['id']} is approved: unapprove first",
             pointer=source,
         )
     return None

@@ -135,9 +135,9 @@ def test_read_locked_reads_only_the_locked_among_the_ids(
     theirs = factories.entry(organization_id=2112, person_id=8881, service_id=2213)
     rows = read_locked(session, {249, mine.id}, [theirs.id, 249, mine.id, 223])
     assert sorted(rows) == sorted([249, mine.id])  # 223 exists but was not locked
-    assert rows[249].approved is True and rows[249].approver_id == 7783
-    assert rows[mine.id].organization_id == 2110
-    assert list(rows[249]._fields) == [column.key for column in LOCKED_COLUMNS]
+    assert rows[249]["approved"] is True and rows[249]["approver_id"] == 7783
+    assert rows[mine.id]["organization_id"] == 2110
+    assert list(rows[249]) == [column.key for column in LOCKED_COLUMNS]
     assert read_locked(session, {249}, [223]) == {}
 
 

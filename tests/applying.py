@@ -9,9 +9,15 @@ import orjson
 from sqlalchemy.orm import Session
 
 from shared.domain.context import BatchContext, Progress
-from shared.domain.documents import WRITABLE, Batch
+from shared.domain.documents import WRITABLE, Batch, Item
 from shared.jobs.runner import APPLY, Apply
 from shared.store.columns import REFERENCES
+from shared.store.models import Operation
+
+
+def decoded_items(operation: Operation, body: bytes) -> list[Item]:
+    """Every item a job decodes from `body`, at once."""
+    return [item for chunk in Batch(operation, body) for item in chunk]
 
 
 def resource_of(item: Mapping[str, Any]) -> dict[str, Any]:

@@ -332,8 +332,3 @@ class Batch:
             for chunk in _typed(self.operation, self._outline)
             for resource in chunk
         ]
-
-
-def items(operation: Operation, body: bytes) -> list[Item]:
-    """Every item of the body at once."""
-    return [item for chunk in Batch(operation, body) for item in chunk]

@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
-from shared.domain import documents
 from shared.settings import Settings
-from shared.store.models import Job
+from shared.store.models import Job, Operation
+from tests.applying import decoded_items
 from tests.checked_client import CheckedClient
 from tests.conftest import BULK
 from tests.factories import create_resource as entry
@@ -56,7 +56,7 @@ def test_accepted_submission_is_a_job(
     assert published == [job["id"]]
     stored = session.get_one(Job, uuid.UUID(job["id"]))
     assert stored.batch is not None
-    assert documents.items("create", stored.batch) == [
+    assert decoded_items(Operation.CREATE, stored.batch) == [
         {"date": "2026-01-02", "time": 60, "person_id": 7781, "service_id": 1213},
         {"date": "2026-01-02", "time": 60, "note": "b", "person_id": 7781, "service_id": 1213},
     ]
@@ -203,7 +203,7 @@ def test_unicode_notes_are_kept(client: FlaskClient, auth: Any, session: Session
     response = post(client, auth(), {"data": [entry(note=note)]})
     assert response.status_code == 202
     job = session.get_one(Job, uuid.UUID(response.json["data"]["id"]))
-    assert job.batch is not None and documents.items("create", job.batch)[0]["note"] == note
+    assert job.batch is not None and decoded_items(Operation.CREATE, job.batch)[0]["note"] == note
 
 
 def test_database_down_is_503(settings: Settings, auth: Any) -> None:

@@ -8,9 +8,10 @@ from typing import Any
 import orjson
 import pytest
 
-from shared.domain.documents import CHUNK, Batch, NotWellFormed, decode, items
+from shared.domain.documents import CHUNK, Batch, NotWellFormed, decode
 from shared.domain.limits import MAX_DATE, MAX_ID, MAX_MINUTES, MAX_NOTE, MIN_DATE
 from shared.store.models import Operation
+from tests.applying import decoded_items
 from tests.factories import create_resource, reference
 
 REFERENCE_OPERATIONS = [Operation.DELETE, Operation.APPROVE, Operation.UNAPPROVE]
@@ -93,7 +94,7 @@ def test_create_items_flatten_relationships_to_columns() -> None:
             linked(create_resource(note=None), task=None),
         ]
     )
-    decoded = items(Operation.CREATE, document)
+    decoded = decoded_items(Operation.CREATE, document)
     assert decoded == [
         {"date": "2026-01-02", "time": 60, "person_id": 7781, "service_id": 1213},
         {
@@ -133,7 +134,7 @@ def test_update_items_hold_the_id_and_only_what_was_sent() -> None:
             {"type": "time_entries", "id": "226", "attributes": {}, "relationships": {}},
         ]
     )
-    assert items(Operation.UPDATE, document) == [
+    assert decoded_items(Operation.UPDATE, document) == [
         {"id": 223, "note": "changed"},
         {"id": 224, "date": "2026-03-01", "time": 5},
         {"id": 225, "service_id": 1214, "task_id": None},
@@ -144,7 +145,7 @@ def test_update_items_hold_the_id_and_only_what_was_sent() -> None:
 @pytest.mark.parametrize("operation", REFERENCE_OPERATIONS)
 def test_reference_items_are_ids(operation: Operation) -> None:
     document = body([reference(231), {"type": "time_entries", "id": 232}, reference("0233")])
-    assert items(operation, document) == [{"id": 231}, {"id": 232}, {"id": 233}]
+    assert decoded_items(operation, document) == [{"id": 231}, {"id": 232}, {"id": 233}]
 
 
 @pytest.mark.parametrize("operation", ID_OPERATIONS)
@@ -232,7 +233,7 @@ def test_empty_or_missing_data_is_not_well_formed(operation: Operation) -> None:
 )
 def test_bodies_that_are_not_a_document_are_not_well_formed(raw: bytes) -> None:
     with pytest.raises(NotWellFormed):
-        items(Operation.DELETE, raw)
+        decoded_items(Operation.DELETE, raw)
 
 
 @pytest.mark.parametrize(
@@ -254,7 +255,7 @@ def test_attribute_values_out_of_bounds_are_not_well_formed(attributes: dict[str
 
 def test_attribute_values_at_the_bounds_decode() -> None:
     document = body([create_resource(time=MAX_MINUTES, note="n" * MAX_NOTE)])
-    (item,) = items(Operation.CREATE, document)
+    (item,) = decoded_items(Operation.CREATE, document)
     assert (item["time"], len(item["note"])) == (MAX_MINUTES, MAX_NOTE)
 
 
@@ -264,18 +265,18 @@ def test_attribute_values_at_the_bounds_decode() -> None:
 def test_ids_that_are_not_bigint_ids_are_not_well_formed(bad: Any) -> None:
     with pytest.raises(NotWellFormed):
         decode(Operation.DELETE, body([{"type": "time_entries", "id": bad}]))
-    assert items(Operation.DELETE, body([reference(MAX_ID)])) == [{"id": MAX_ID}]
+    assert decoded_items(Operation.DELETE, body([reference(MAX_ID)])) == [{"id": MAX_ID}]
 
 
 def test_whole_numbers_are_ids_and_minutes_in_either_spelling() -> None:
     """JSON Schema, which the OpenAPI document is written in, calls 7.0 an integer."""
     document = body([{"type": "time_entries", "id": n} for n in (7.0, 2.0**62)])
-    assert items(Operation.DELETE, document) == [{"id": 7}, {"id": 2**62}]
+    assert decoded_items(Operation.DELETE, document) == [{"id": 7}, {"id": 2**62}]
     # More digits than int() takes from a string.
     leading_zeros = body([reference("0" * 5000 + str(MAX_ID))])
-    assert items(Operation.DELETE, leading_zeros) == [{"id": MAX_ID}]
+    assert decoded_items(Operation.DELETE, leading_zeros) == [{"id": MAX_ID}]
     linked_floats = linked(create_resource(time=60.0), person=("people", 7781.0))
-    (item,) = items(Operation.CREATE, body([linked_floats]))
+    (item,) = decoded_items(Operation.CREATE, body([linked_floats]))
     assert (item["time"], item["person_id"]) == (60, 7781)
     assert type(item["time"]) is int
 

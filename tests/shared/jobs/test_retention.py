@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared.domain import documents
 from shared.domain.tokens import Principal
 from shared.jobs.retention import purge_ended_deliveries, purge_expired_jobs
 from shared.settings import Settings, SettingsError
-from shared.store.models import Job, Webhook, WebhookDelivery
+from shared.store.models import Job, Operation, Webhook, WebhookDelivery
+from tests.applying import decoded_items
 from tests.factories import create_resource, queue_job
 
 MEMBER = Principal(person_id=7781, organization_id=2110, read_only=False)
@@ -62,7 +62,7 @@ def test_only_finished_jobs_past_the_period_are_purged(session: Session) -> None
     assert old[1].result_status == 422
     for untouched in kept:
         assert untouched.purged_at is None and untouched.batch is not None
-        assert documents.items("create", untouched.batch) == ITEMS
+        assert decoded_items(Operation.CREATE, untouched.batch) == ITEMS
     assert kept[0].result_body == b'{"data":[]}'
 
 

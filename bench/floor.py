@@ -315,7 +315,7 @@ class SmallFloor:
         with Session(self.engine) as session, session.begin():
             ctx = load_context(session, self.organization_id, self.caller_id, {})
             result = BatchResult(session, ctx)
-            chunks = documents.Batch(Operation.CREATE, body)
-            create_entries(session, ctx, chunks, lambda processed: None, result.add)
+            batch = documents.Batch(Operation.CREATE, body)
+            create_entries(session, ctx, batch, lambda processed: None, result.add)
             payload = result.finish()
         return time.perf_counter() - started, payload

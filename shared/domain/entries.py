@@ -8,7 +8,7 @@ hands the rows it wrote, in batch order, to `written`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -22,9 +22,7 @@ from shared.domain.context import (
     Progress,
     Referenced,
     Written,
-    lock_entries,
     locked_chunks,
-    read_locked,
     referenced_by_id,
 )
 from shared.domain.costs import MissingExchangeRate, entry_costs
@@ -312,7 +310,7 @@ REPRICING_FIELDS = frozenset({"time", "person_id", "service_id"})
 
 def _check_locked(
     ctx: BatchContext,
-    ids: Iterable[int],
+    ids: Sequence[int],
     offset: int,
     entries: Mapping[int, Any],
     problems: list[Problem],
@@ -351,7 +349,6 @@ def update_entries(
     """Chunk by chunk, once every entry is locked: check, COPY the new values into a scratch
     table, hand them on; one UPDATE joins them in at the end. After the first problem the
     rest is only checked, so the client hears of every problem; the caller rolls back."""
-    locked = set(lock_entries(session, ctx, batch.ids()))
     refs = _Refs(session, ctx)
     problems: list[Problem] = []
     caller_id = ctx.caller.id
@@ -359,10 +356,10 @@ def update_entries(
     names = [name for name, _ in UPDATABLE]
     scratch_table(session, "time_entry_updates", "time_entries", names)
     scratch: list[tuple[Any, ...]] = []
-    offset = 0
-    for items in batch:
-        entries = read_locked(session, locked, (item["id"] for item in items))
-        _check_locked(ctx, (item["id"] for item in items), offset, entries, problems)
+    # The batch's chunks and those of its ids line up: both are CHUNK long.
+    chunks = zip(locked_chunks(session, ctx, batch.ids()), batch, strict=True)
+    for (offset, ids, entries), items in chunks:
+        _check_locked(ctx, ids, offset, entries, problems)
         merged: list[tuple[int, Item, dict[str, Any]]] = []
         for index, item in enumerate(items, offset):
             values = entries.get(item["id"])
@@ -388,7 +385,6 @@ def update_entries(
                 values.update(derived)
             values["updated_at"] = now
             values["updater_id"] = values["last_actor_id"] = caller_id
-        offset += len(items)
         if problems:
             continue
         updates = [values for _, _, values in merged]
@@ -396,7 +392,7 @@ def update_entries(
         if len(scratch) >= _SCRATCH_ROWS:
             copy_rows(session, "time_entry_updates", ["id", *names], scratch, types=_UPDATE_TYPES)
             scratch.clear()
-        progress(offset)
+        progress(offset + len(ids))
         # The stored rows will be the locked ones with these values: render from memory.
         written(updates)
     if problems:

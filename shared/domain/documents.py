@@ -214,6 +214,15 @@ _resources = {
     op: msgspec.json.Decoder(list[_resource_type(kind)])  # type: ignore[misc]
     for op, kind in DOCUMENTS.items()
 }
+
+
+class _Named(Struct, gc=False):
+    """A resource's id alone; msgspec skips its other members."""
+
+    id: Id
+
+
+_named = msgspec.json.Decoder(list[_Named])
 # Where msgspec says a problem is, in a chunk: "$[3]" is resource 3 of the chunk.
 _WHERE = re.compile(r"`\$\[(\d+)\]")
 
@@ -244,17 +253,20 @@ def _in_batch(message: str, start: int) -> str:
     return _WHERE.sub(lambda found: f"`$.data[{start + int(found[1])}]", message)
 
 
+def _decoded(decoder: msgspec.json.Decoder[Any], raw: list[Raw]) -> Iterator[tuple[int, Any]]:
+    """Each CHUNK of an outline's raw resources decoded, with its offset in the batch."""
+    for start in range(0, len(raw), CHUNK):
+        try:
+            yield start, decoder.decode(b"[" + b",".join(raw[start : start + CHUNK]) + b"]")
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise NotWellFormed(_in_batch(str(exc), start)) from None
+
+
 def _typed(operation: Operation, outline: Any) -> Iterator[list[Any]]:
     """The resources of a checked outline, CHUNK at a time, each checked as a whole body's
     would be: shape, types, formats, dates in range, each entry named once."""
-    decoder = _resources[operation]
-    raw = outline.data
     seen: set[int] = set()
-    for start in range(0, len(raw), CHUNK):
-        try:
-            chunk = decoder.decode(b"[" + b",".join(raw[start : start + CHUNK]) + b"]")
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise NotWellFormed(_in_batch(str(exc), start)) from None
+    for start, chunk in _decoded(_resources[operation], outline.data):
         if operation == Operation.CREATE:
             for resource in chunk:
                 if not MIN_DATE <= resource.attributes.date <= MAX_DATE:
@@ -326,9 +338,12 @@ class Batch:
 
     def ids(self) -> list[int]:
         """The entries the batch names, in batch order, of an operation that names them: a
-        pass that builds no items."""
-        return [
-            _number(resource.id)
-            for chunk in _typed(self.operation, self._outline)
-            for resource in chunk
-        ]
+        pass that builds no items. An update's pass over its items, which follows, checks
+        each resource whole; this one reads only the ids, in half the time."""
+        if self.operation == Operation.UPDATE:
+            chunks: Iterator[list[Any]] = (
+                chunk for _, chunk in _decoded(_named, self._outline.data)
+            )
+        else:
+            chunks = _typed(self.operation, self._outline)
+        return [_number(resource.id) for chunk in chunks for resource in chunk]

@@ -316,15 +316,16 @@ def _check_locked(
     problems: list[Problem],
 ) -> None:
     """Report the missing, foreign, locked and not-permitted entries among a chunk's ids."""
+    caller = ctx.caller
     for index, entry_id in enumerate(ids, offset):
         entry = entries.get(entry_id)
         if entry is None:
             problems.append(not_found(index, "id", "time entry", entry_id))
             continue
-        refusal = edit_refusal(entry, pointer(index, "id"))
+        refusal = edit_refusal(entry, index)
         if refusal is not None:
             problems.append(refusal)
-        elif not may_edit_time_of(ctx.caller, entry["person_id"]):
+        elif not may_edit_time_of(caller, entry["person_id"]):
             problems.append(forbidden_for(index, "id", entry["person_id"]))
 
 
@@ -351,8 +352,7 @@ def update_entries(
     rest is only checked, so the client hears of every problem; the caller rolls back."""
     refs = _Refs(session, ctx)
     problems: list[Problem] = []
-    caller_id = ctx.caller.id
-    now = ctx.now
+    stamp = {"updated_at": ctx.now, "updater_id": ctx.caller.id, "last_actor_id": ctx.caller.id}
     names = [name for name, _ in UPDATABLE]
     scratch_table(session, "time_entry_updates", "time_entries", names)
     scratch: list[tuple[Any, ...]] = []
@@ -383,8 +383,7 @@ def update_entries(
             # Without a change of time, person or service the stored prices stand.
             if derived is not None and not REPRICING_FIELDS.isdisjoint(item):
                 values.update(derived)
-            values["updated_at"] = now
-            values["updater_id"] = values["last_actor_id"] = caller_id
+            values.update(stamp)
         if problems:
             continue
         updates = [values for _, _, values in merged]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, Row, Select, Update, create_engine, func
+from sqlalchemy import Engine, Row, Select, Update, create_engine, event, func
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import Settings
@@ -15,6 +15,17 @@ def _json_serializer(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _speak_utc(dbapi_connection: Any, _record: Any) -> None:
+    """Every session in UTC, whatever the server's default: timestamps then come back in
+    Python's fixed UTC zone, which psycopg makes and converts fastest (a tenth of reading
+    10,000 entries went to the IANA zone a server names UTC `Etc/UTC`). A SET, not a startup
+    option: poolers such as PgBouncer refuse `options` but keep the time zone per client."""
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    dbapi_connection.execute("SET TIME ZONE 'UTC'")
+    dbapi_connection.autocommit = autocommit
+
+
 def make_engine(settings: Settings, **kwargs: Any) -> Engine:
     options: dict[str, Any] = {
         "pool_pre_ping": True,
@@ -22,7 +33,9 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
         "json_deserializer": orjson.loads,
     }
     options.update(kwargs)
-    return create_engine(settings.sqlalchemy_url, **options)
+    engine = create_engine(settings.sqlalchemy_url, **options)
+    event.listen(engine, "connect", _speak_utc)
+    return engine
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -57,6 +57,25 @@ def test_a_large_batch_comes_in_chunks_and_a_problem_says_where_in_the_whole_bat
 
 
 @pytest.mark.parametrize("operation", ID_OPERATIONS)
+def test_the_ids_of_a_batch_come_in_batch_order_across_chunks(operation: Operation) -> None:
+    named = [CHUNK + 5, 3, *range(CHUNK + 6, 2 * CHUNK + 6)]
+    assert Batch(operation, body([reference(str(n)) for n in named])).ids() == named
+
+
+def test_an_update_s_ids_pass_reads_the_ids_and_its_items_pass_checks_the_rest() -> None:
+    resources: list[dict[str, Any]] = [reference(n) for n in range(1, CHUNK + 3)]
+    resources[CHUNK + 1]["attributes"] = {"time": -1}
+    batch = Batch(Operation.UPDATE, body(resources))
+    assert batch.ids() == list(range(1, CHUNK + 3))
+    with pytest.raises(NotWellFormed, match=rf"\$\.data\[{CHUNK + 1}\]\.attributes\.time"):
+        list(batch)
+    # An id no entry can have is refused by either pass.
+    resources[CHUNK + 1] = reference(0)
+    with pytest.raises(NotWellFormed, match=rf"\$\.data\[{CHUNK + 1}\]\.id"):
+        Batch(Operation.UPDATE, body(resources)).ids()
+
+
+@pytest.mark.parametrize("operation", ID_OPERATIONS)
 def test_an_id_named_again_in_a_later_chunk_is_not_well_formed(operation: Operation) -> None:
     references = [reference(n) for n in range(1, CHUNK + 2)]
     decode(operation, body(references))

@@ -1,12 +1,15 @@
-"""The engine's one-statement writes, on the committed database (`e2e_db`)."""
+"""The engine's sessions and its one-statement writes, on the committed database (`e2e_db`)."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 from sqlalchemy import Engine, create_engine, func, select, text, update
 from sqlalchemy.orm import Session
 
 from shared.domain.tokens import Principal
-from shared.store.engine import UnflushedWrite
+from shared.settings import Settings
+from shared.store.engine import UnflushedWrite, make_engine
 from shared.store.models import Job, JobStatus
 from tests.factories import create_resource, queue_job
 
@@ -37,5 +40,25 @@ def test_an_unflushed_write_commits_at_once_without_flushing_and_leaves_its_conn
         with engine.connect() as same:
             assert same.scalar(text("SHOW synchronous_commit")) == "on"
             assert same.connection.driver_connection.autocommit is False
+    finally:
+        engine.dispose()
+
+
+def test_every_session_speaks_utc_whatever_the_server_would_have_it_speak(
+    settings: Settings,
+) -> None:
+    # A server whose default is another zone, as a connection option would set it.
+    engine = make_engine(settings, connect_args={"options": "-c TimeZone=Asia/Tokyo"})
+    try:
+        with engine.connect() as connection:
+            assert connection.scalar(text("SHOW TimeZone")) == "UTC"
+            stamp = connection.scalar(text("SELECT TIMESTAMPTZ '2026-02-03 04:05:06+09'"))
+            # Python's fixed UTC zone, not an IANA one of the same name.
+            assert stamp.tzinfo is dt.UTC
+            assert stamp == dt.datetime(2026, 2, 2, 19, 5, 6, tzinfo=dt.UTC)
+            # Reset by the pool on return, a transaction ends; the session's zone stays.
+            connection.rollback()
+            assert connection.scalar(text("SHOW TimeZone")) == "UTC"
+            assert connection.connection.driver_connection.autocommit is False
     finally:
         engine.dispose()

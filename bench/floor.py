@@ -15,7 +15,8 @@ committed: what accepting a batch durably costs at least. The same as one jsonb 
 measured too: PostgreSQL then parses the document again and stores its binary form, which
 costs several times more than the raw row, and is a choice, not a necessity.
 
-Both run in this process on their own psycopg connection to the bench database.
+Both run in this process on their own psycopg connection to the bench database, in UTC as
+timebatch's own sessions are.
 
 The small-job floor (:class:`SmallFloor`): for batches of 1 and 100 entries, the fixed costs
 of a job (submit, publish, pickup, the job's own transactions, the wake-up) are what
@@ -37,7 +38,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import psycopg
-from sqlalchemy import create_engine, make_url
+from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.orm import Session
 
 from shared.domain import documents
@@ -46,6 +47,7 @@ from shared.domain.costs import CurrencyBook, entry_costs
 from shared.domain.entries import create_entries
 from shared.jsonapi.render import RELATIONSHIPS
 from shared.store.columns import ATTRIBUTES, COLUMNS, COST_COLUMNS, TIMESTAMPS
+from shared.store.engine import speak_utc
 from shared.store.models import Operation
 
 SCRATCH = "bench_floor_time_entries"
@@ -106,6 +108,8 @@ class Floor:
 
     def __init__(self, sqlalchemy_url: str, organization_id: int, caller_id: int) -> None:
         self.conn = psycopg.connect(conninfo(sqlalchemy_url))
+        # In UTC, as timebatch's own sessions are: the floor pays no zone conversion they skip.
+        speak_utc(self.conn)
         self.organization_id = organization_id
         self.caller_id = caller_id
         with self.conn.cursor() as cur:
@@ -303,6 +307,7 @@ class SmallFloor:
 
     def __init__(self, sqlalchemy_url: str, organization_id: int, caller_id: int) -> None:
         self.engine = create_engine(sqlalchemy_url, pool_size=1)
+        event.listen(self.engine, "connect", speak_utc)
         self.organization_id = organization_id
         self.caller_id = caller_id
 
@@ -316,6 +321,6 @@ class SmallFloor:
             ctx = load_context(session, self.organization_id, self.caller_id, {})
             result = BatchResult(session, ctx)
             batch = documents.Batch(Operation.CREATE, body)
-            create_entries(session, ctx, batch, lambda processed: None, result.add)
+            create_entries(session, ctx, batch, lambda processed: None, result)
             payload = result.finish()
         return time.perf_counter() - started, payload

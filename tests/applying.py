@@ -52,12 +52,16 @@ def applied(
     """Apply `items` as the batch of a job would be; the rows it wrote, in batch order."""
     (operation,) = (operation for operation, (function, _) in APPLY.items() if function is apply)
     body = orjson.dumps({"data": [resource_of(item) for item in items]})
-    rows: list[dict[str, Any]] = []
-    apply(
-        session,
-        ctx,
-        Batch(operation, body),
-        progress,
-        lambda written: rows.extend(map(dict, written)),
-    )
+    rows = _Rows()
+    apply(session, ctx, Batch(operation, body), progress, rows)
     return rows
+
+
+class _Rows(list[dict[str, Any]]):
+    """What a domain function wrote, as plain dicts (see context.Written)."""
+
+    def relate(self, rows: Sequence[Mapping[Any, Any]]) -> None:
+        pass
+
+    def add(self, rows: Sequence[Mapping[Any, Any]]) -> None:
+        self.extend(map(dict, rows))

@@ -186,7 +186,7 @@ def approve_entries(
             continue
         to_approve.extend(chunk_approved)
         progress(offset + len(ids))
-        written(_written(ids, entries, set(chunk_approved), approved))
+        written.add(_written(ids, entries, set(chunk_approved), approved))
     if problems:
         raise ApiError(problems)
     if marks:
@@ -243,7 +243,7 @@ def unapprove_entries(
             continue
         unapproving.extend(entries)
         progress(offset + len(ids))
-        written(_written(ids, entries, entries, unapproved))
+        written.add(_written(ids, entries, entries, unapproved))
     if problems:
         raise ApiError(problems)
     params = {"ids": unapproving, "now": ctx.now, "actor_id": caller.id}

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from psycopg.rows import dict_row
 from sqlalchemy import any_, bindparam, func, select
@@ -21,8 +21,9 @@ from sqlalchemy.types import BigInteger
 from shared.domain.costs import CurrencyBook
 from shared.domain.documents import CHUNK
 from shared.jsonapi.render import CompressedCollection, EntryRenderer, Related
+from shared.store.columns import REFERENCE_NAMED
 from shared.store.models import ExchangeRate, Organization, Person, Service, Task, TimeEntry
-from shared.store.queries import ENTRY_COLUMNS, ENTRY_INCLUDES, referenced
+from shared.store.queries import DIRECTORIES, ENTRY_COLUMNS, ENTRY_INCLUDES, directory_by_id
 
 # Told how many items of the batch are written so far.
 Progress = Callable[[int], None]
@@ -44,8 +45,15 @@ class BatchContext:
         return EntryRenderer(self.organization.id, self.organization.time_zone, related)
 
 
-# Told the rows a chunk of the batch wrote, as stored now, in batch order.
-Written = Callable[[Sequence[Mapping[Any, Any]]], None]
+class Written(Protocol):
+    """Told the rows each chunk of the batch wrote, as stored now, in batch order."""
+
+    def relate(self, rows: Sequence[Mapping[Any, Any]]) -> None:
+        """Read ahead what the rows reference, where the answer includes it."""
+
+    def add(self, rows: Sequence[Mapping[Any, Any]]) -> None:
+        """Add the rows to the answer. Once `relate` has seen them, reads nothing from the
+        database: the connection may be busy with a statement of the caller's meanwhile."""
 
 
 class BatchResult:
@@ -59,6 +67,8 @@ class BatchResult:
         self.related: dict[str, dict[int, Any]] = {
             name: {} for name in ENTRY_INCLUDES if name in include
         }
+        # Per relationship, the ids asked for so far: found or not, each is asked once.
+        self._asked: dict[str, set[int]] = {name: set() for name in self.related}
         self._collection: CompressedCollection | None = None
 
     @property
@@ -68,11 +78,18 @@ class BatchResult:
             self._collection = CompressedCollection(self.ctx.renderer(self.related))
         return self._collection
 
+    def relate(self, rows: Sequence[Mapping[Any, Any]]) -> None:
+        for name, found in self.related.items():
+            column = REFERENCE_NAMED[name].column
+            new = {row[column] for row in rows} - self._asked[name]
+            new.discard(None)
+            if new:
+                self._asked[name].update(new)
+                model = DIRECTORIES[name]
+                found.update(directory_by_id(self.session, model, self.ctx.organization_id, new))
+
     def add(self, rows: Sequence[Mapping[Any, Any]]) -> None:
-        if self.related:
-            found = referenced(self.session, self.ctx.organization_id, rows, self.related)
-            for name, resources in found.items():
-                self.related[name].update(resources)
+        self.relate(rows)
         self.collection.add(rows)
 
     def finish(self) -> bytes:

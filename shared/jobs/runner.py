@@ -263,7 +263,7 @@ def _run_locked(engine: Engine, job_id: uuid.UUID, max_runs: int, heartbeat: Hea
                 job.small_batch if job.small_batch is not None else stored_batch(session, job.id)
             )
             progress = ProgressReporter(engine, job_id, job.total)
-            apply(session, ctx, Batch(operation, batch), progress, result.add)
+            apply(session, ctx, Batch(operation, batch), progress, result)
         except ApiError as exc:
             savepoint.rollback()
             return _finish(

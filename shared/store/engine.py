@@ -15,7 +15,7 @@ def _json_serializer(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _speak_utc(dbapi_connection: Any, _record: Any) -> None:
+def speak_utc(dbapi_connection: Any, _record: Any = None) -> None:
     """Every session in UTC, whatever the server's default: timestamps then come back in
     Python's fixed UTC zone, which psycopg makes and converts fastest (a tenth of reading
     10,000 entries went to the IANA zone a server names UTC `Etc/UTC`). A SET, not a startup
@@ -34,7 +34,7 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
     }
     options.update(kwargs)
     engine = create_engine(settings.sqlalchemy_url, **options)
-    event.listen(engine, "connect", _speak_utc)
+    event.listen(engine, "connect", speak_utc)
     return engine
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 from collections.abc import Iterator
 from fractions import Fraction
 
+import orjson
 import pytest
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import NoResultFound, OperationalError
@@ -13,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from shared.domain.context import (
     LOCKED_COLUMNS,
+    BatchResult,
     load_context,
     lock_entries,
     locked_chunks,
@@ -166,3 +169,22 @@ def test_locked_entries_are_row_locked_and_the_others_are_not(
     assert not can_lock(other, "time_entries", 223, "KEY SHARE")
     assert can_lock(other, "time_entries", 224, "UPDATE")  # not asked for
     assert can_lock(other, "time_entries", 235, "UPDATE")  # Workflow Studio's
+
+
+def test_a_result_adds_what_it_has_related_without_reading_the_database(
+    session: Session, factories: Factories
+) -> None:
+    entry = factories.entry(task_id=302)
+    ctx = load_context(session, 2110, 7781, {"include": ["person", "task"]})
+    result = BatchResult(session, ctx)
+    (row,) = read_locked(session, {entry.id}, [entry.id]).values()
+    result.relate([row])
+    driver = session.connection().connection.driver_connection
+    assert driver is not None
+    # In a pipeline the connection answers no query of the ORM's: add must ask none.
+    with driver.pipeline():
+        driver.execute("SELECT 1")
+        result.add([row])
+    assert (set(result.related["person"]), set(result.related["task"])) == ({7781}, {302})
+    document = orjson.loads(gzip.decompress(result.finish()))
+    assert document["data"][0]["relationships"]["task"] == {"data": {"type": "tasks", "id": "302"}}

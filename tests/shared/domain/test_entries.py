@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -10,7 +11,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from shared.domain import entries
-from shared.domain.context import load_context
+from shared.domain.context import load_context, read_locked
 from shared.domain.entries import create_entries, delete_entries, update_entries
 from shared.jsonapi.errors import ApiError
 from shared.store.models import Organization, TimeEntry
@@ -108,6 +109,54 @@ def test_update_merges_and_reprices_only_when_needed(
         0
     ]
     assert untasked["note"] == "only a note"
+
+
+def test_updates_are_written_a_step_at_a_time_each_entry_once_and_handed_on_in_order(
+    session: Session, factories: Factories, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(entries._Updates, "ROWS", 2)
+    first, second, third = (factories.entry(note=f"was {n}") for n in range(3))
+    ids = [first.id, second.id, third.id]
+    stored = read_locked(session, set(ids), ids)
+
+    def noted(entry_id: int, note: str) -> dict[str, Any]:
+        return stored[entry_id] | {"note": note}
+
+    def versions() -> dict[int, str]:
+        # An UPDATE always makes a new version of the row, at a new ctid.
+        found = session.execute(
+            text("SELECT id, ctid::text FROM time_entries WHERE id = ANY(:ids)"), {"ids": ids}
+        )
+        return {entry_id: ctid for entry_id, ctid in found}
+
+    handed: list[list[str]] = []
+
+    class Notes:
+        def relate(self, rows: Sequence[Mapping[str, Any]]) -> None:
+            pass
+
+        def add(self, rows: Sequence[Mapping[str, Any]]) -> None:
+            handed.append([row["note"] for row in rows])
+
+    updates = entries._Updates(session, Notes())
+    updates.add([noted(first.id, "a")])
+    assert handed == []
+    updates.add([noted(second.id, "b"), noted(third.id, "c")])
+    assert handed == [["a"], ["b", "c"]]
+    before = versions()
+    updates.add([noted(first.id, "d")])
+    updates.flush()
+    assert handed == [["a"], ["b", "c"], ["d"]]
+    after = versions()
+    # The second step wrote its own entry and left the first step's alone.
+    assert after[first.id] != before[first.id]
+    assert (after[second.id], after[third.id]) == (before[second.id], before[third.id])
+    notes = session.execute(select(TimeEntry.id, TimeEntry.note).where(TimeEntry.id.in_(ids)))
+    assert {entry_id: note for entry_id, note in notes} == {
+        first.id: "d",
+        second.id: "b",
+        third.id: "c",
+    }
 
 
 def test_update_refuses_locked_foreign_and_missing_entries(

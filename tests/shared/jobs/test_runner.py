@@ -274,6 +274,46 @@ def created(engine: Engine, count: int) -> list[str]:
     return [entry["id"] for entry in stored_document(job_row(engine, job_id))["data"]]
 
 
+def test_an_update_of_several_steps_links_and_includes_what_each_step_names(
+    e2e_db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each chunk a step of its own: written, and rendered while its UPDATE runs.
+    monkeypatch.setattr(domain_entries._Updates, "ROWS", CHUNK)
+    ids = created(e2e_db, CHUNK + 2)
+    data: list[dict[str, Any]] = [
+        {"type": "time_entries", "id": id_, "attributes": {"note": f"u{id_}"}} for id_ in ids
+    ]
+    # Only the last step names this person: it must be linked and included all the same.
+    data[-1]["relationships"] = {"person": {"data": {"type": "people", "id": "7782"}}}
+    principal = Principal(person_id=7782, organization_id=2110, read_only=False)
+    options = {"include": ["person"]}
+    job_id = queued(e2e_db, "update", data, principal=principal, options=options)
+
+    assert run(e2e_db, job_id) == Outcome.SUCCEEDED
+
+    document = stored_document(job_row(e2e_db, job_id))
+    assert [(e["id"], e["attributes"]["note"]) for e in document["data"]] == [
+        (id_, f"u{id_}") for id_ in ids
+    ]
+    assert [e["relationships"]["person"]["data"]["id"] for e in document["data"]] == [
+        *["7781"] * (len(ids) - 1),
+        "7782",
+    ]
+    assert [(r["type"], r["id"]) for r in document["included"]] == [
+        ("people", "7781"),
+        ("people", "7782"),
+    ]
+    with Session(e2e_db) as session:
+        stored = session.execute(
+            select(TimeEntry.id, TimeEntry.note, TimeEntry.person_id).where(
+                TimeEntry.id.in_(map(int, ids))
+            )
+        )
+        assert sorted(stored) == sorted(
+            (int(id_), f"u{id_}", 7782 if id_ == ids[-1] else 7781) for id_ in ids
+        )
+
+
 def answered(engine: Engine, job_id: uuid.UUID) -> list[dict[str, Any]]:
     assert run(engine, job_id) == Outcome.SUCCEEDED
     return stored_document(job_row(engine, job_id))["data"]
@@ -283,7 +323,7 @@ def test_a_batch_naming_several_chunks_of_entries_writes_and_answers_all_in_orde
     e2e_db: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The update's scratch rows go in by more than one COPY.
-    monkeypatch.setattr(domain_entries, "_SCRATCH_ROWS", CHUNK)
+    monkeypatch.setattr(domain_entries._Updates, "ROWS", CHUNK)
     # Reversed: each chunk's entries are read by id, the answer keeps the batch's order.
     ids = created(e2e_db, CHUNK + 2)[::-1]
     update_doc = [

@@ -19,6 +19,7 @@ from shared.domain.context import (
     BatchContext,
     Progress,
     Written,
+    add_while_writing,
     locked_chunks,
 )
 from shared.domain.documents import Batch
@@ -26,16 +27,18 @@ from shared.domain.problems import not_found, pointer
 from shared.jsonapi.errors import ApiError, Problem
 from shared.store.models import ApprovalStatus, Person, Service
 
-_APPROVE_SQL = text(
-    "UPDATE time_entries AS t SET approved = true, approved_at = :approved_at,"
-    " approver_id = :approver_id, updated_at = :now, updater_id = :approver_id,"
-    " last_actor_id = :approver_id WHERE t.id = ANY(:ids)"
-).bindparams(IDS)
-_UNAPPROVE_SQL = text(
+# A chunk's writes, in psycopg's SQL: sent in a pipeline while the chunk renders
+# (add_while_writing).
+_APPROVE_SQL = (
+    "UPDATE time_entries AS t SET approved = true, approved_at = %(approved_at)s,"
+    " approver_id = %(approver_id)s, updated_at = %(now)s, updater_id = %(approver_id)s,"
+    " last_actor_id = %(approver_id)s WHERE t.id = ANY(%(ids)s)"
+)
+_UNAPPROVE_SQL = (
     "UPDATE time_entries AS t SET approved = false, approved_at = NULL, approver_id = NULL,"
-    " updated_at = :now, updater_id = :actor_id, last_actor_id = :actor_id"
-    " WHERE t.id = ANY(:ids)"
-).bindparams(IDS)
+    " updated_at = %(now)s, updater_id = %(actor_id)s, last_actor_id = %(actor_id)s"
+    " WHERE t.id = ANY(%(ids)s)"
+)
 
 
 def required_approvers(
@@ -100,14 +103,14 @@ def _not_found(
 _STATUSES = select(
     ApprovalStatus.time_entry_id, ApprovalStatus.approver_id, ApprovalStatus.status
 ).where(ApprovalStatus.time_entry_id == any_(IDS))
-_MARK_SQL = text(
-    "UPDATE approval_statuses SET status = 'approved', approved_at = :now"
-    " WHERE time_entry_id = ANY(:ids) AND status = 'pending'"
-).bindparams(IDS)
-_MARK_MINE_SQL = text(
-    "UPDATE approval_statuses SET status = 'approved', approved_at = :now"
-    " WHERE time_entry_id = ANY(:ids) AND status = 'pending' AND approver_id = :caller"
-).bindparams(IDS)
+_MARK_SQL = (
+    "UPDATE approval_statuses SET status = 'approved', approved_at = %(now)s"
+    " WHERE time_entry_id = ANY(%(ids)s) AND status = 'pending'"
+)
+_MARK_MINE_SQL = (
+    "UPDATE approval_statuses SET status = 'approved', approved_at = %(now)s"
+    " WHERE time_entry_id = ANY(%(ids)s) AND status = 'pending' AND approver_id = %(caller)s"
+)
 # Every approver has to approve again: their statuses are recreated as pending, in the order
 # they were made.
 _RENEW_SQL = text(
@@ -147,9 +150,8 @@ def approve_entries(
         "last_actor_id": caller.id,
     }
     problems: list[Problem] = []
-    marks: list[int] = []
-    to_approve: list[int] = []
     for offset, ids, entries in locked_chunks(session, ctx, batch.ids()):
+        marks: list[int] = []
         _not_found(ids, offset, entries, problems)
         pending = [entry_id for entry_id, entry in entries.items() if not entry["approved"]]
         if not workflow:
@@ -184,26 +186,18 @@ def approve_entries(
                     chunk_approved.append(entry_id)
         if problems:
             continue
-        to_approve.extend(chunk_approved)
+        writes: list[tuple[str, Mapping[str, Any]]] = []
+        if marks:
+            mark = _MARK_SQL if for_all_approvers else _MARK_MINE_SQL
+            writes.append((mark, {"ids": marks, "now": ctx.now, "caller": caller.id}))
+        if chunk_approved:
+            approving = {"ids": chunk_approved, "approved_at": approved["approved_at"]}
+            writes.append((_APPROVE_SQL, approving | {"approver_id": caller.id, "now": ctx.now}))
+        rows = _written(ids, entries, set(chunk_approved), approved)
+        add_while_writing(session, written, rows, writes)
         progress(offset + len(ids))
-        written.add(_written(ids, entries, set(chunk_approved), approved))
     if problems:
         raise ApiError(problems)
-    if marks:
-        session.execute(
-            _MARK_SQL if for_all_approvers else _MARK_MINE_SQL,
-            {"ids": marks, "now": ctx.now, "caller": caller.id},
-        )
-    if to_approve:
-        session.execute(
-            _APPROVE_SQL,
-            {
-                "ids": to_approve,
-                "approved_at": approved["approved_at"],
-                "approver_id": caller.id,
-                "now": ctx.now,
-            },
-        )
 
 
 def unapprove_entries(
@@ -242,11 +236,10 @@ def unapprove_entries(
         if problems:
             continue
         unapproving.extend(entries)
+        writes = [(_UNAPPROVE_SQL, {"ids": list(entries), "now": ctx.now, "actor_id": caller.id})]
+        add_while_writing(session, written, _written(ids, entries, entries, unapproved), writes)
         progress(offset + len(ids))
-        written.add(_written(ids, entries, entries, unapproved))
     if problems:
         raise ApiError(problems)
-    params = {"ids": unapproving, "now": ctx.now, "actor_id": caller.id}
-    session.execute(_UNAPPROVE_SQL, params)
     if ctx.organization.approval_workflow:
         session.execute(_RENEW_SQL, {"ids": unapproving})

@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import any_, delete
+from sqlalchemy import any_, delete, text
 from sqlalchemy.orm import Session
 
 from shared.domain.approval import add_pending_statuses, approve_all_people, required_approvers
@@ -22,6 +22,7 @@ from shared.domain.context import (
     Progress,
     Referenced,
     Written,
+    add_while_writing,
     locked_chunks,
     referenced_by_id,
 )
@@ -223,6 +224,7 @@ def _check(
 
 # A row of a create's COPY: the id, then the INSERTABLE columns.
 _INSERT_NAMES = ("id", *(name for name, _ in INSERTABLE))
+_INSERT_ROW = itemgetter(*_INSERT_NAMES)
 _INSERT_TYPES = ("bigint", *(kind for _, kind in INSERTABLE))
 
 
@@ -273,20 +275,17 @@ def create_entries(
         if problems:
             continue
         ids = next_ids(session, "time_entries", len(rows))
-        copy_rows(
-            session,
-            "time_entries",
-            _INSERT_NAMES,
-            (
-                [entry_id, *(row[name] for name in _INSERT_NAMES[1:])]
-                for entry_id, row in zip(ids, rows, strict=True)
-            ),
-            types=_INSERT_TYPES,
-        )
         created = [
             CREATED_DEFAULTS | row | {"id": entry_id}
             for entry_id, row in zip(ids, rows, strict=True)
         ]
+        copy_rows(
+            session,
+            "time_entries",
+            _INSERT_NAMES,
+            map(_INSERT_ROW, created),
+            types=_INSERT_TYPES,
+        )
         if workflow:
             add_pending_statuses(
                 session,
@@ -334,13 +333,8 @@ _MERGED = itemgetter("person_id", "service_id", "task_id", "time")
 
 
 class _Updates:
-    """The new values of an update's entries, written ROWS at a time: COPYed into a
-    scratch table, joined in by one UPDATE, and handed on (`written`) while that UPDATE runs.
-
-    The UPDATE goes out in a pipeline, so the server writes the rows, and upkeeps the
-    table's indexes, while this process renders them: at 10,000 entries each took about a
-    quarter of the job, and one no longer waits for the other.
-    """
+    """The new values of an update's entries, written ROWS at a time: COPYed into a scratch
+    table, then joined in by one UPDATE while they are handed on (add_while_writing)."""
 
     # Some 300 bytes a row in the scratch table, a few KiB a row held to hand on. Within one
     # COPY this process formats rows while the server takes the ones before: ten COPYs of a
@@ -353,36 +347,27 @@ class _Updates:
     def __init__(self, session: Session, written: Written) -> None:
         self.session = session
         self.written = written
-        self._rows: list[tuple[Any, ...]] = []
-        self._chunks: list[list[dict[str, Any]]] = []
+        self._rows: list[dict[str, Any]] = []
         self._copied = False
         scratch_table(session, "time_entry_updates", "time_entries", self.NAMES[1:])
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         """A chunk of entries as they will be stored, in batch order."""
-        self._rows.extend(map(self._ROW, rows))
-        self._chunks.append(rows)
-        self.written.relate(rows)
+        self._rows.extend(rows)
         if len(self._rows) >= self.ROWS:
             self.flush()
 
     def flush(self) -> None:
         if not self._rows:
             return
-        driver = self.session.connection().connection.driver_connection
-        assert driver is not None
         if self._copied:
-            driver.execute("TRUNCATE time_entry_updates")
-        copy_rows(self.session, "time_entry_updates", self.NAMES, self._rows, types=self.TYPES)
+            self.session.execute(text("TRUNCATE time_entry_updates"))
+        values = map(self._ROW, self._rows)
+        copy_rows(self.session, "time_entry_updates", self.NAMES, values, types=self.TYPES)
         self._copied = True
-        # Leaving the pipeline waits for the UPDATE and raises what it met.
-        with driver.pipeline():
-            driver.execute(_UPDATE_SQL)
-            for rows in self._chunks:
-                # The stored rows are the locked ones with these values: rendered from memory.
-                self.written.add(rows)
-        self._rows.clear()
-        self._chunks.clear()
+        # The stored rows are the locked ones with these values: rendered from memory.
+        add_while_writing(self.session, self.written, self._rows, [(_UPDATE_SQL, {})])
+        self._rows = []
 
 
 def update_entries(

@@ -3,11 +3,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.domain.approval import approve_entries, unapprove_entries
 from shared.domain.context import load_context
+from shared.domain.documents import CHUNK
 from shared.domain.entries import create_entries, delete_entries, update_entries
 from shared.jsonapi.errors import ApiError
 from shared.store.models import ApprovalStatus, TimeEntry
@@ -106,6 +107,38 @@ def test_two_approvers_approve_in_turn(session: Session) -> None:
     )
     assert second[0]["approved"] is True
     assert session.get_one(TimeEntry, entry_id).approver_id == 7793
+
+
+def test_approvers_approve_in_turn_a_batch_of_more_than_one_chunk(session: Session) -> None:
+    will = {"date": "2026-03-02", "time": 60, "person_id": 7791, "service_id": 1223}
+    created = applied(
+        create_entries, session, load_context(session, 2111, 7791), [will] * (CHUNK + 1), progress
+    )
+    named = [{"id": row["id"]} for row in created[::-1]]
+    ids = [row["id"] for row in created]
+    every = select(ApprovalStatus.approver_id, ApprovalStatus.status, func.count()).where(
+        ApprovalStatus.time_entry_id.in_(ids)
+    )
+    every = every.group_by(ApprovalStatus.approver_id, ApprovalStatus.status)
+    approved = select(TimeEntry.approved, TimeEntry.approver_id, func.count())
+    approved = approved.where(TimeEntry.id.in_(ids)).group_by(
+        TimeEntry.approved, TimeEntry.approver_id
+    )
+
+    first = applied(approve_entries, session, load_context(session, 2111, 7792), named, progress)
+    assert {row["approved"] for row in first} == {False}
+    assert {tuple(row) for row in session.execute(every)} == {
+        (7792, "approved", CHUNK + 1),
+        (7793, "pending", CHUNK + 1),
+    }
+    second = applied(approve_entries, session, load_context(session, 2111, 7793), named, progress)
+    assert [row["id"] for row in second] == [item["id"] for item in named]
+    assert {row["approved"] for row in second} == {True}
+    assert {tuple(row) for row in session.execute(every)} == {
+        (7792, "approved", CHUNK + 1),
+        (7793, "approved", CHUNK + 1),
+    }
+    assert {tuple(row) for row in session.execute(approved)} == {(True, 7793, CHUNK + 1)}
 
 
 def test_caller_who_is_no_approver_is_403(session: Session, factories: Factories) -> None:

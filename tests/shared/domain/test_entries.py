@@ -142,11 +142,11 @@ def test_updates_are_written_a_step_at_a_time_each_entry_once_and_handed_on_in_o
     updates.add([noted(first.id, "a")])
     assert handed == []
     updates.add([noted(second.id, "b"), noted(third.id, "c")])
-    assert handed == [["a"], ["b", "c"]]
+    assert handed == [["a", "b", "c"]]
     before = versions()
     updates.add([noted(first.id, "d")])
     updates.flush()
-    assert handed == [["a"], ["b", "c"], ["d"]]
+    assert handed == [["a", "b", "c"], ["d"]]
     after = versions()
     # The second step wrote its own entry and left the first step's alone.
     assert after[first.id] != before[first.id]

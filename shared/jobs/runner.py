@@ -30,7 +30,7 @@ from shared.store.engine import UnflushedWrite
 from shared.store.models import UNFINISHED_STATUSES, Job, JobStatus, Operation
 from shared.store.notify import finished_notice, notify_finished, progress_notice
 from shared.store.queries import stored_batch
-from shared.webhooks.outbox import record_job_event
+from shared.webhooks.outbox import RECORD, job_event, record_job_event
 
 Apply = Callable[[Session, BatchContext, Batch, Progress, Written], None]
 
@@ -159,6 +159,7 @@ _BEAT = UnflushedWrite(
 )
 _LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
 _END = bindparam("end", type_=Job.status.type)
+_RECORDED = RECORD.cte("recorded")
 _FINISH = (
     update(Job)
     .where(Job.id == JOB_ID)
@@ -174,7 +175,12 @@ _FINISH = (
         heartbeat_at=None,
     )
     # Waiters and streams learn of the end as it commits.
-    .returning(finished_notice(Job.id))
+    .returning(
+        finished_notice(Job.id),
+        select(func.array_agg(_RECORDED.c.id)).scalar_subquery().label("deliveries"),
+    )
+    # The job's webhook deliveries are written by the same statement (shared/webhooks).
+    .add_cte(_RECORDED)
 )
 
 
@@ -282,8 +288,7 @@ def _finish(
     body: bytes | None,
     errors: int,
 ) -> Run:
-    deliveries = record_job_event(
-        session,
+    event = job_event(
         job.id,
         job.organization_id,
         operation=job.operation,
@@ -292,16 +297,12 @@ def _finish(
         total=job.total,
         errors=errors,
     )
-    session.connection().execute(
+    ended = session.connection().execute(
         _FINISH,
-        {
-            "job_id": job.id,
-            "end": status,
-            "result_status": result_status,
-            "result_body": body,
-            "errors": errors,
-        },
+        event
+        | {"end": status, "result_status": result_status, "result_body": body, "errors": errors},
     )
+    deliveries = ended.one().deliveries or []
     return Run(
         Outcome.SUCCEEDED if status == JobStatus.SUCCEEDED else Outcome.FAILED, job, deliveries
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 import orjson
 from sqlalchemy import LargeBinary, Text, bindparam, cast, func, insert, literal, select, update
@@ -69,9 +70,10 @@ def payload(
     )
 
 
-# One delivery per enabled endpoint of the organization that wants the event, due at once.
-# Built once: building it costs more than running it, on every job's end.
-_RECORD = (
+# One delivery per enabled endpoint of the organization that wants the event, due at once;
+# its parameters are job_event's. Built once: building it costs more than running it, on
+# every job's end.
+RECORD = (
     insert(WebhookDelivery)
     .from_select(
         ["webhook_id", "job_id", "event", "message_id", "payload", "next_attempt_at"],
@@ -84,13 +86,43 @@ _RECORD = (
             bindparam("payload", type_=LargeBinary),
             func.now(),
         ).where(
-            Webhook.organization_id == bindparam("organization_id"),
+            Webhook.organization_id == bindparam("organization"),
             Webhook.enabled,
             Webhook.events.contains(bindparam("events", type_=Webhook.events.type)),
         ),
     )
     .returning(WebhookDelivery.id)
 )
+
+
+def job_event(
+    job_id: uuid.UUID,
+    organization_id: int,
+    *,
+    operation: Operation | str,
+    status: JobStatus,
+    result_status: int | None,
+    total: int,
+    errors: int,
+) -> dict[str, Any]:
+    """The parameters of RECORD for the end of this job."""
+    event = EVENTS[status]
+    body = payload(
+        job_id,
+        operation=operation,
+        status=status,
+        result_status=result_status,
+        total=total,
+        errors=errors,
+        at=dt.datetime.now(dt.UTC),
+    )
+    return {
+        "job_id": job_id,
+        "organization": organization_id,
+        "event": str(event),
+        "events": [str(event)],
+        "payload": body,
+    }
 
 
 def record_job_event(
@@ -106,28 +138,17 @@ def record_job_event(
 ) -> list[int]:
     """Write the job's deliveries, one per enabled endpoint of its organization that wants
     this event, due at once; returns their ids, to publish after commit."""
-    event = EVENTS[status]
-    body = payload(
+    params = job_event(
         job_id,
+        organization_id,
         operation=operation,
         status=status,
         result_status=result_status,
         total=total,
         errors=errors,
-        at=dt.datetime.now(dt.UTC),
     )
     # Core, not the ORM: given parameters, an ORM insert would take them for rows to insert.
-    inserted = session.connection().execute(
-        _RECORD,
-        {
-            "job_id": job_id,
-            "organization_id": organization_id,
-            "event": str(event),
-            "events": [str(event)],
-            "payload": body,
-        },
-    )
-    return list(inserted.scalars())
+    return list(session.connection().execute(RECORD, params).scalars())
 
 
 def claim_unpublished(session: Session, job_id: uuid.UUID) -> list[int]:

@@ -11,8 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import Engine, select, text, update
-from sqlalchemy.exc import DataError
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from shared.domain.tokens import Principal
@@ -73,10 +72,13 @@ def test_a_finished_job_has_one_delivery_per_endpoint_that_wants_its_event(
     endpoint(e2e_db, organization_id=2111)
     job_id = queued(e2e_db, [create_resource(), create_resource()])
 
-    assert run_job(e2e_db, job_id, max_runs=3).outcome is Outcome.SUCCEEDED
+    run = run_job(e2e_db, job_id, max_runs=3)
+    assert run.outcome is Outcome.SUCCEEDED
 
     found = rows(e2e_db, job_id)
     assert [d.webhook_id for d in found] == [wants_all, wants_success]
+    # The run hands on what it wrote, to publish once it has committed.
+    assert sorted(run.deliveries) == sorted(d.id for d in found)
     assert len({d.message_id for d in found}) == 2
     assert all(d.message_id.startswith("msg_") for d in found)
     assert all(d.status == DeliveryStatus.PENDING and d.published_at is None for d in found)
@@ -114,14 +116,17 @@ def test_a_run_that_rolls_back_writes_no_delivery(
     endpoint(e2e_db)
     job_id = queued(e2e_db, [create_resource()])
 
-    # The statement that ends the job fails after the outbox insert: the whole transaction goes.
-    original = runner._FINISH
-    monkeypatch.setattr(runner, "_FINISH", text("SELECT 1 / 0"))
-    with pytest.raises(DataError):
-        run_job(e2e_db, job_id, max_runs=3)
+    # The run fails once the statement that ends the job, and writes its deliveries, has
+    # run: the whole transaction goes.
+    def fails(*args: Any, **kwargs: Any) -> runner.Run:
+        raise RuntimeError("after the end")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(runner, "Run", fails)
+        with pytest.raises(RuntimeError, match="after the end"):
+            run_job(e2e_db, job_id, max_runs=3)
     assert rows(e2e_db, job_id) == []
 
-    monkeypatch.setattr(runner, "_FINISH", original)
     assert run_job(e2e_db, job_id, max_runs=3).outcome is Outcome.SUCCEEDED
     assert len(rows(e2e_db, job_id)) == 1
 

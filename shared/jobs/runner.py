@@ -346,8 +346,7 @@ def fail_unexpectedly(engine: Engine, job_id: uuid.UUID) -> Row[Any] | None:
         if failed is None:
             return None
         notify_finished(session, str(job_id))
-        record_job_event(
-            session,
+        event = job_event(
             job_id,
             failed.organization_id,
             operation=failed.operation,
@@ -356,4 +355,5 @@ def fail_unexpectedly(engine: Engine, job_id: uuid.UUID) -> Row[Any] | None:
             total=failed.total,
             errors=1,
         )
+        record_job_event(session, event)
     return failed

@@ -20,7 +20,7 @@ from shared.jsonapi.errors import ApiError
 from shared.settings import Settings
 from shared.store.models import Job, JobStatus, Operation
 from shared.store.notify import notify_finished
-from shared.webhooks.outbox import record_job_event
+from shared.webhooks.outbox import job_event, record_job_event
 
 
 def fingerprint(operation: Operation, body: bytes, options: dict[str, Any]) -> str:
@@ -137,8 +137,7 @@ def cancel_job(session: Session, job: Job) -> bool:
         return False
     # Waiters and event streams of the job learn of its end as they would of a worker's.
     notify_finished(session, str(job.id))
-    record_job_event(
-        session,
+    event = job_event(
         job.id,
         job.organization_id,
         operation=job.operation,
@@ -147,6 +146,7 @@ def cancel_job(session: Session, job: Job) -> bool:
         total=job.total,
         errors=0,
     )
+    record_job_event(session, event)
     return True
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -105,7 +106,8 @@ def job_event(
     total: int,
     errors: int,
 ) -> dict[str, Any]:
-    """The parameters of RECORD for the end of this job."""
+    """What the end of this job tells its organization's endpoints: the parameters of
+    RECORD."""
     event = EVENTS[status]
     body = payload(
         job_id,
@@ -125,30 +127,12 @@ def job_event(
     }
 
 
-def record_job_event(
-    session: Session,
-    job_id: uuid.UUID,
-    organization_id: int,
-    *,
-    operation: Operation | str,
-    status: JobStatus,
-    result_status: int | None,
-    total: int,
-    errors: int,
-) -> list[int]:
-    """Write the job's deliveries, one per enabled endpoint of its organization that wants
-    this event, due at once; returns their ids, to publish after commit."""
-    params = job_event(
-        job_id,
-        organization_id,
-        operation=operation,
-        status=status,
-        result_status=result_status,
-        total=total,
-        errors=errors,
-    )
+def record_job_event(session: Session, event: Mapping[str, Any]) -> list[int]:
+    """Write the deliveries of a job's end (`event`, from job_event), one per enabled
+    endpoint of its organization that wants it, due at once; returns their ids, to publish
+    after commit."""
     # Core, not the ORM: given parameters, an ORM insert would take them for rows to insert.
-    return list(session.connection().execute(RECORD, params).scalars())
+    return list(session.connection().execute(RECORD, event).scalars())
 
 
 def claim_unpublished(session: Session, job_id: uuid.UUID) -> list[int]:

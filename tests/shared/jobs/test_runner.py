@@ -18,11 +18,12 @@ from sqlalchemy.orm import Session
 from shared.domain import entries as domain_entries
 from shared.domain.documents import CHUNK
 from shared.domain.tokens import Principal
-from shared.jobs.runner import Outcome, ProgressReporter, lock_key, run_job
+from shared.jobs.runner import Heartbeats, Outcome, ProgressReporter, lock_key, run_job
 from shared.jsonapi.render import NOT_INCLUDED, RELATIONSHIPS
 from shared.store.models import Job, TimeEntry
 from tests.checked_client import check_document
 from tests.factories import create_resource, queue_job, reference
+from tests.jobclient import eventually
 
 MEMBER = Principal(person_id=7781, organization_id=2110, read_only=False)
 MAX_RUNS = 3
@@ -417,3 +418,33 @@ def test_progress_is_written_while_entries_remain_and_left_to_the_end_once_all_a
     # All written: the job's own end says so, in its transaction; no write of its own.
     report(3)
     assert job_row(e2e_db, job_id)["processed"] == 2
+
+
+def test_heartbeats_renew_each_running_job_until_it_ends_from_one_thread(e2e_db: Engine) -> None:
+    jobs = [queued(e2e_db, "create", [create_resource()]) for _ in range(2)]
+    with Session(e2e_db) as session:
+        session.execute(
+            update(Job).where(Job.id.in_(jobs)).values(status="running", heartbeat_at=None)
+        )
+        session.commit()
+
+    def beats() -> list[Any]:
+        return [job_row(e2e_db, job_id)["heartbeat_at"] for job_id in jobs]
+
+    heartbeats = Heartbeats()
+
+    def beats_on(times: int) -> None:
+        for _ in range(times):
+            last = beats()[0]
+            eventually(lambda last=last: beats()[0] > last, timeout=10, what="a beat")
+
+    with heartbeats.beating(e2e_db, jobs[0], 0.05):
+        with heartbeats.beating(e2e_db, jobs[1], 0.05):
+            eventually(lambda: None not in beats(), timeout=10, what="a beat of each job")
+        # Two beats on, the round that may have beaten the ended job too is over.
+        beats_on(2)
+        ended = beats()[1]
+        # The job still running beats on; the one that ended no longer does.
+        beats_on(2)
+        assert beats()[1] == ended
+    assert heartbeats._thread is not None and heartbeats._thread.is_alive()

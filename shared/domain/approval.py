@@ -219,7 +219,9 @@ def unapprove_entries(
         "last_actor_id": caller.id,
     }
     problems: list[Problem] = []
-    unapproving: list[int] = []
+    workflow = ctx.organization.approval_workflow
+    # With the workflow, whose statuses are renewed at the end, in the order they were made.
+    renewing: list[int] = []
     for offset, ids, entries in locked_chunks(session, ctx, batch.ids()):
         _not_found(ids, offset, entries, problems)
         for index, entry_id in enumerate(ids, offset):
@@ -235,11 +237,13 @@ def unapprove_entries(
                 )
         if problems:
             continue
-        unapproving.extend(entries)
-        writes = [(_UNAPPROVE_SQL, {"ids": list(entries), "now": ctx.now, "actor_id": caller.id})]
+        unapproving = list(entries)
+        if workflow:
+            renewing.extend(unapproving)
+        writes = [(_UNAPPROVE_SQL, {"ids": unapproving, "now": ctx.now, "actor_id": caller.id})]
         add_while_writing(session, written, _written(ids, entries, entries, unapproved), writes)
         progress(offset + len(ids))
     if problems:
         raise ApiError(problems)
-    if ctx.organization.approval_workflow:
-        session.execute(_RENEW_SQL, {"ids": unapproving})
+    if workflow:
+        session.execute(_RENEW_SQL, {"ids": renewing})

@@ -1,8 +1,8 @@
 """The worker side of a job's life: apply it once, report progress, keep its heartbeat.
 
-A job's effect and its `succeeded` (or `failed`) mark commit in one transaction, guarded
-by a transaction-level advisory lock on the job id, so a redelivered or duplicated task
-message finds the job finished and does nothing.
+A job's effect and its `succeeded` (or `failed`) mark commit in one transaction, run under
+an advisory lock on the job id, so a redelivered or duplicated task message finds the job
+busy or finished and does nothing.
 """
 
 from __future__ import annotations
@@ -14,12 +14,24 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, Integer, Row, Update, bindparam, case, func, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    Row,
+    Update,
+    bindparam,
+    case,
+    func,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from shared.domain.approval import approve_entries, unapprove_entries
@@ -28,7 +40,7 @@ from shared.domain.documents import Batch
 from shared.domain.entries import create_entries, delete_entries, update_entries
 from shared.jsonapi.errors import ApiError
 from shared.jsonapi.render import gzip_document
-from shared.store.engine import UnflushedWrite
+from shared.store.engine import UnflushedWrite, run_alone
 from shared.store.models import UNFINISHED_STATUSES, Job, JobStatus, Operation
 from shared.store.notify import finished_notice, notify_finished, progress_notice
 from shared.store.queries import stored_batch
@@ -130,11 +142,17 @@ STARTED = (
     Job.created_at,
     Job.started_at,
 )
-# Marks the job running and returns it as STARTED has it, with its batch when that is small:
-# one round trip less on every small job's path. Nothing once the job has ended.
-_MARK_RUNNING = _moving(
+# The job's lock, taken by the connection that runs the job and held until the run releases
+# it: one runner per job, and a second delivery finds it taken. A session lock, not a
+# transaction's: it is taken before the job's transaction begins, with the running mark.
+_HELD = select(func.pg_try_advisory_lock(bindparam("key")).label("held")).cte("held")
+_MARKED = (
     update(Job)
-    .where(Job.id == JOB_ID, Job.status.in_(UNFINISHED_STATUSES))
+    .where(
+        select(_HELD.c.held).scalar_subquery(),
+        Job.id == JOB_ID,
+        Job.status.in_(UNFINISHED_STATUSES),
+    )
     .values(
         status=JobStatus.RUNNING,
         attempts=Job.attempts + 1,
@@ -144,7 +162,28 @@ _MARK_RUNNING = _moving(
     .returning(
         *STARTED, case((func.length(Job.batch) <= SMALL_BATCH, Job.batch)).label("small_batch")
     )
+    .cte("marked")
 )
+# Claims the job in one round trip: its lock and, only once this run holds it, the running
+# mark (status running, attempts + 1), committed at once so pollers and streams see it. Its
+# row says whether the lock was taken, then gives the job as STARTED has it, with its batch
+# when that is small; the job's columns are empty when it has ended already.
+_CLAIM = UnflushedWrite(
+    select(
+        _HELD.c.held,
+        _MARKED,
+        case(
+            (
+                _MARKED.c.id.is_not(None),
+                progress_notice(
+                    _MARKED.c.id, JobStatus.RUNNING, _MARKED.c.processed, _MARKED.c.total
+                ),
+            )
+        ),
+    ).select_from(_HELD.outerjoin(_MARKED, true()))
+)
+_UNLOCK = func.pg_advisory_unlock(bindparam("key"))
+_RELEASE = select(_UNLOCK)
 _MOVE = _moving(
     update(Job)
     .where(Job.id == JOB_ID, Job.status == JobStatus.RUNNING)
@@ -159,7 +198,6 @@ _BEAT = UnflushedWrite(
     .where(Job.id == JOB_ID, Job.status == JobStatus.RUNNING)
     .values(heartbeat_at=func.now())
 )
-_LOCK = text("SELECT pg_try_advisory_xact_lock(:key)")
 _END = bindparam("end", type_=Job.status.type)
 _RECORDED = RECORD.cte("recorded")
 _FINISH = (
@@ -180,6 +218,8 @@ _FINISH = (
     .returning(
         finished_notice(Job.id),
         select(func.array_agg(_RECORDED.c.id)).scalar_subquery().label("deliveries"),
+        # The job lock, which _finish says may go before the commit.
+        _UNLOCK,
     )
     # The job's webhook deliveries are written by the same statement (shared/webhooks).
     .add_cte(_RECORDED)
@@ -262,56 +302,84 @@ def run_job(engine: Engine, job_id: uuid.UUID, *, max_runs: int, lease: float = 
 
 
 def _run_locked(engine: Engine, job_id: uuid.UUID, max_runs: int, beat_every: float) -> Run:
-    with ExitStack() as running, Session(engine) as session, session.begin():
-        locked = session.scalar(_LOCK, {"key": lock_key(job_id)})
-        if not locked:
+    key = lock_key(job_id)
+    with engine.connect() as connection:
+        job = _CLAIM(connection, job_id=job_id, key=key)
+        assert job is not None
+        if not job.held:
             # Another worker holds this job right now; it will finish it or release the lock.
             return Run(Outcome.BUSY)
-        # On a connection of its own, so pollers and streams see it at once.
-        job = _MARK_RUNNING(engine, job_id=job_id)
-        if job is None:
+        if job.id is None:
+            _release(connection, key)
             return Run(Outcome.SKIPPED)
-        # Left after the transaction: a beat may be waiting on the job's row lock.
-        running.enter_context(HEARTBEATS.beating(engine, job_id, beat_every))
-        if job.attempts > max_runs:
-            # Every run died without a word (each took its worker down): a crash loop.
-            error = ApiError.one(
-                500,
-                "Job abandoned",
-                f"the job did not complete in {max_runs} attempts and was given up",
-            )
-            return _finish(
-                session, job, JobStatus.FAILED, error.status, stored(error), len(error.problems)
-            )
-        operation = Operation(job.operation)
-        apply, success_status = APPLY[operation]
-        ctx = load_context(session, job.organization_id, job.person_id, job.options)
-        result = BatchResult(session, ctx)
-        savepoint = session.begin_nested()
         try:
+            # Left after the transaction: a beat may be waiting on the job's row lock.
+            with HEARTBEATS.beating(engine, job_id, beat_every):
+                return _run_claimed(connection, job, key, max_runs)
+        except BaseException:
+            _release(connection, key)
+            raise
+
+
+def _release(connection: Connection, key: int) -> None:
+    """Give back the lock of a job this run did not end. Should that fail, the connection is
+    dropped rather than pooled: its closing releases the lock on the server."""
+    try:
+        run_alone(connection, _RELEASE, key=key)
+    except Exception:
+        logger.warning("could not release a job lock; dropping its connection", exc_info=True)
+        connection.invalidate()
+
+
+def _run_claimed(connection: Connection, job: Row[Any], key: int, max_runs: int) -> Run:
+    """Apply the job and end it, in one transaction. A batch the domain refuses leaves none
+    of its effect: that transaction is rolled back, and the failure is written in one of its
+    own, still under the job's lock (a session's, not a transaction's)."""
+    if job.attempts > max_runs:
+        # Every run died without a word (each took its worker down): a crash loop.
+        error = ApiError.one(
+            500,
+            "Job abandoned",
+            f"the job did not complete in {max_runs} attempts and was given up",
+        )
+        return _failed(connection, job, key, error)
+    operation = Operation(job.operation)
+    apply, success_status = APPLY[operation]
+    try:
+        with Session(bind=connection) as session, session.begin():
+            ctx = load_context(session, job.organization_id, job.person_id, job.options)
+            result = BatchResult(session, ctx)
             batch = (
                 job.small_batch if job.small_batch is not None else stored_batch(session, job.id)
             )
-            progress = ProgressReporter(engine, job_id, job.total)
+            progress = ProgressReporter(connection.engine, job.id, job.total)
             apply(session, ctx, Batch(operation, batch), progress, result)
-        except ApiError as exc:
-            savepoint.rollback()
-            return _finish(
-                session, job, JobStatus.FAILED, exc.status, stored(exc), len(exc.problems)
-            )
-        savepoint.commit()
-        body = None if success_status == 204 else result.finish()
-        return _finish(session, job, JobStatus.SUCCEEDED, success_status, body, 0)
+            body = None if success_status == 204 else result.finish()
+            return _finish(session, job, key, JobStatus.SUCCEEDED, success_status, body, 0)
+    except ApiError as exc:
+        return _failed(connection, job, key, exc)
+
+
+def _failed(connection: Connection, job: Row[Any], key: int, error: ApiError) -> Run:
+    with Session(bind=connection) as session, session.begin():
+        return _finish(
+            session, job, key, JobStatus.FAILED, error.status, stored(error), len(error.problems)
+        )
 
 
 def _finish(
     session: Session,
     job: Row[Any],
+    key: int,
     status: JobStatus,
     result_status: int,
     body: bytes | None,
     errors: int,
 ) -> Run:
+    """End the job: its status and result, its webhook deliveries, the notice to its waiters,
+    and its lock given back, in one statement. The lock may go before the commit: the job's
+    row stays locked by this statement until then, and a run that claims the job meanwhile
+    waits for it, then finds the job ended."""
     event = job_event(
         job.id,
         job.organization_id,
@@ -321,11 +389,14 @@ def _finish(
         total=job.total,
         errors=errors,
     )
-    ended = session.connection().execute(
-        _FINISH,
-        event
-        | {"end": status, "result_status": result_status, "result_body": body, "errors": errors},
-    )
+    params = {
+        "end": status,
+        "result_status": result_status,
+        "result_body": body,
+        "errors": errors,
+        "key": key,
+    }
+    ended = session.connection().execute(_FINISH, event | params)
     deliveries = ended.one().deliveries or []
     return Run(
         Outcome.SUCCEEDED if status == JobStatus.SUCCEEDED else Outcome.FAILED, job, deliveries

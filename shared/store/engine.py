@@ -5,7 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, Row, Select, Update, create_engine, event, func
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Executable,
+    Row,
+    Select,
+    Update,
+    create_engine,
+    event,
+    func,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.settings import Settings
@@ -42,6 +52,19 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+def run_alone(connection: Connection, statement: Executable, **params: Any) -> Row[Any] | None:
+    """Run one statement on the connection as a transaction of its own (autocommit: no BEGIN
+    or COMMIT round trip) and return its first row, if any. The connection must be between
+    transactions; it is left as it was found."""
+    connection.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        return connection.execute(statement, params).first()
+    finally:
+        # Ends SQLAlchemy's autobegun transaction; there is none on the server to end.
+        connection.commit()
+        connection.execution_options(isolation_level=connection.default_isolation_level)
+
+
 class UnflushedWrite:
     """One statement run as a transaction of its own, whose commit returns before its WAL
     reaches the disk.
@@ -60,7 +83,10 @@ class UnflushedWrite:
         else:
             self.statement = statement.returning(unflushed)
 
-    def __call__(self, engine: Engine, **params: Any) -> Row[Any] | None:
-        """Run it; returns its first row, if any."""
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            return connection.execute(self.statement, params).first()
+    def __call__(self, bind: Engine | Connection, **params: Any) -> Row[Any] | None:
+        """Run it, on a connection of its own or on the one given (see run_alone); returns
+        its first row, if any."""
+        if isinstance(bind, Connection):
+            return run_alone(bind, self.statement, **params)
+        with bind.connect() as connection:
+            return run_alone(connection, self.statement, **params)

@@ -12,15 +12,17 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, create_engine, func, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from shared.domain import entries as domain_entries
 from shared.domain.documents import CHUNK
 from shared.domain.tokens import Principal
+from shared.jobs import runner
 from shared.jobs.runner import Heartbeats, Outcome, ProgressReporter, lock_key, run_job
 from shared.jsonapi.render import NOT_INCLUDED, RELATIONSHIPS
-from shared.store.models import Job, TimeEntry
+from shared.store.models import Job, Operation, TimeEntry
 from tests.checked_client import check_document
 from tests.factories import create_resource, queue_job, reference
 from tests.jobclient import eventually
@@ -448,3 +450,68 @@ def test_heartbeats_renew_each_running_job_until_it_ends_from_one_thread(e2e_db:
         beats_on(2)
         assert beats()[1] == ended
     assert heartbeats._thread is not None and heartbeats._thread.is_alive()
+
+
+def lock_is_free(engine: Engine, job_id: uuid.UUID) -> bool:
+    """Whether another delivery of the job could take its lock now."""
+    with engine.connect() as other:
+        taken = other.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": lock_key(job_id)})
+        if taken:
+            other.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": lock_key(job_id)})
+        other.commit()
+    return bool(taken)
+
+
+def test_every_end_of_a_run_gives_the_job_lock_back(
+    e2e_db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One connection in the pool: each run after the first gets back the connection that
+    # held the lock, and a lock it kept would make it a second holder, not a free job.
+    engine = create_engine(e2e_db.url, pool_size=1, max_overflow=0)
+    try:
+        succeeded = queued(engine, "create", [create_resource()])
+        assert run(engine, succeeded) == Outcome.SUCCEEDED
+        assert lock_is_free(e2e_db, succeeded)
+        assert run(engine, succeeded) == Outcome.SKIPPED
+        assert lock_is_free(e2e_db, succeeded)
+
+        refused = queued(engine, "delete", [reference(999999)])
+        assert run(engine, refused) == Outcome.FAILED
+        assert lock_is_free(e2e_db, refused)
+
+        def broken(*args: Any) -> None:
+            raise RuntimeError("a bug")
+
+        raised = queued(engine, "delete", [reference(231)])
+        monkeypatch.setitem(runner.APPLY, Operation.DELETE, (broken, 204))
+        with pytest.raises(RuntimeError):
+            run(engine, raised)
+        assert lock_is_free(e2e_db, raised)
+        assert job_row(engine, raised)["status"] == "running"
+        monkeypatch.undo()
+        assert run(engine, raised) == Outcome.SUCCEEDED
+    finally:
+        engine.dispose()
+
+
+def test_a_run_whose_connection_dies_leaves_the_job_to_the_next_run(
+    e2e_db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = create_engine(e2e_db.url, pool_size=1, max_overflow=0)
+    try:
+        job_id = queued(engine, "delete", [reference(231)])
+        status = runner.APPLY[Operation.DELETE][1]
+
+        def terminated(session: Session, *args: Any) -> None:
+            session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+
+        monkeypatch.setitem(runner.APPLY, Operation.DELETE, (terminated, status))
+        with pytest.raises(DBAPIError):
+            run(engine, job_id)
+        # The server let the lock go with the connection, and the pool dropped that one.
+        assert lock_is_free(e2e_db, job_id)
+        monkeypatch.undo()
+        assert run(engine, job_id) == Outcome.SUCCEEDED
+        assert 231 not in entries(e2e_db)
+    finally:
+        engine.dispose()

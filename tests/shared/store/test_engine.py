@@ -1,15 +1,20 @@
-"""The engine's sessions and its one-statement writes, on the committed database (`e2e_db`)."""
+"""The engine: its sessions, how its pool tries connections, its one-statement writes.
+
+On the committed database (`e2e_db`).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from sqlalchemy import Engine, create_engine, func, select, text, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from shared.domain.tokens import Principal
 from shared.settings import Settings
-from shared.store.engine import UnflushedWrite, make_engine
+from shared.store.engine import PingAfterIdle, UnflushedWrite, make_engine
 from shared.store.models import Job, JobStatus
 from tests.factories import create_resource, queue_job
 
@@ -60,5 +65,42 @@ def test_every_session_speaks_utc_whatever_the_server_would_have_it_speak(
             connection.rollback()
             assert connection.scalar(text("SHOW TimeZone")) == "UTC"
             assert connection.connection.driver_connection.autocommit is False
+    finally:
+        engine.dispose()
+
+
+def backend_pid(engine: Engine) -> int:
+    with engine.connect() as connection:
+        pid: int = connection.scalar(text("SELECT pg_backend_pid()"))
+        connection.commit()
+    return pid
+
+
+def terminate(e2e_db: Engine, pid: int) -> None:
+    with e2e_db.connect() as other:
+        assert other.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        other.commit()
+
+
+@pytest.mark.parametrize("idle_after", [0.0, 3600.0])
+def test_a_connection_idle_long_enough_is_tried_before_it_is_handed_out(
+    e2e_db: Engine, idle_after: float
+) -> None:
+    # One connection in the pool, whose server side is gone by its next checkout.
+    engine = create_engine(e2e_db.url, pool_size=1, max_overflow=0)
+    PingAfterIdle(engine, idle_after)
+    try:
+        first = backend_pid(engine)
+        terminate(e2e_db, first)
+        if idle_after == 0.0:
+            # Idle long enough: tried, found dead, replaced before anyone used it.
+            assert backend_pid(engine) != first
+        else:
+            # Back in the pool just now: handed out as it is, and its first statement
+            # meets the disconnect; the pool then makes a new one.
+            with pytest.raises(OperationalError) as raised:
+                backend_pid(engine)
+            assert raised.value.connection_invalidated
+            assert backend_pid(engine) != first
     finally:
         engine.dispose()

@@ -7,6 +7,7 @@ from flask import g, request
 from api.context import db
 from shared.domain.tokens import Principal, find_principal
 from shared.jsonapi.errors import ApiError
+from shared.store.engine import autocommit
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -15,7 +16,10 @@ def authenticate() -> None:
     token = request.headers.get("X-Auth-Token", "").strip()
     if not token:
         raise ApiError.one(401, "Unauthorized", "send your personal token in X-Auth-Token")
-    principal = find_principal(db(), token)
+    # Outside the request's transaction: a read's or a submission's begins after it, and
+    # this statement needs none of its own.
+    with autocommit(db()) as session:
+        principal = find_principal(session, token)
     if principal is None:
         raise ApiError.one(401, "Unauthorized", "the token in X-Auth-Token is not valid")
     organization = request.headers.get("X-Organization-Id", "").strip()

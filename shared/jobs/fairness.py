@@ -18,13 +18,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.jsonapi.errors import ApiError, Problem
 from shared.ops import metrics
 from shared.settings import Settings, is_amqp
-from shared.store.models import UNFINISHED_STATUSES, Job, JobStatus, Organization
+from shared.store.models import UNFINISHED_STATUSES, Job, JobStatus
 
 # Brokers offer ten priority levels (Redis: 0 first; RabbitMQ: 9 first); beyond the ninth
 # unfinished job an organization's jobs share the last rank, in submission order.
@@ -54,27 +54,29 @@ class Load:
         return min(max(self.jobs, self.rank), MAX_RANK)
 
 
-# Built once: on every submission, building them would cost about as much as running them.
-_ORGANIZATION = bindparam("organization_id", type_=Organization.id.type)
-# FOR NO KEY UPDATE does not conflict with the key-share locks foreign keys take, so only
-# other submissions of the same organization wait, and only for one insert.
-_LOCK = (
-    select(Organization.id).where(Organization.id == _ORGANIZATION).with_for_update(key_share=True)
+# psycopg's SQL, sent together (lock_and_load). FOR NO KEY UPDATE does not conflict with the
+# key-share locks foreign keys take, so only other submissions of the same organization wait,
+# and only for one insert.
+_LOCK = "SELECT id FROM organizations WHERE id = %(organization_id)s FOR NO KEY UPDATE"
+_LOAD = (
+    "SELECT count(*), coalesce(sum(total), 0), coalesce(max(rank), 0) FROM jobs"
+    " WHERE organization_id = %(organization_id)s AND status = ANY(%(unfinished)s)"
 )
-_LOAD = select(
-    func.count(),
-    func.coalesce(func.sum(Job.total), 0),
-    func.coalesce(func.max(Job.rank), 0),
-).where(Job.organization_id == _ORGANIZATION, Job.status.in_(UNFINISHED_STATUSES))
+_UNFINISHED = [str(status) for status in UNFINISHED_STATUSES]
 
 
-def lock_organization(session: Session, organization_id: int) -> None:
-    """Serialize this organization's submissions until the transaction ends."""
-    session.execute(_LOCK, {"organization_id": organization_id})
-
-
-def load_of(session: Session, organization_id: int) -> Load:
-    jobs, entries, rank = session.execute(_LOAD, {"organization_id": organization_id}).one()
+def lock_and_load(session: Session, organization_id: int) -> Load:
+    """Serialize this organization's submissions until the transaction ends, and read its
+    unfinished work once they are: in one round trip, the transaction's start, the lock and
+    the count sent in a pipeline. The server runs them in turn, and the count, a statement
+    of its own, sees every job committed before the lock was granted."""
+    driver = session.connection().connection.driver_connection
+    assert driver is not None
+    params = {"organization_id": organization_id, "unfinished": _UNFINISHED}
+    with driver.pipeline():
+        driver.execute(_LOCK, params)
+        load = driver.execute(_LOAD, params)
+    jobs, entries, rank = load.fetchone() or (0, 0, 0)
     return Load(jobs=int(jobs), entries=int(entries), rank=int(rank))
 
 

@@ -15,9 +15,10 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session, undefer
 
 from shared.domain.tokens import Principal
-from shared.jobs.fairness import admit, load_of, lock_organization
+from shared.jobs.fairness import admit, lock_and_load
 from shared.jsonapi.errors import ApiError
 from shared.settings import Settings
+from shared.store.engine import autocommit
 from shared.store.models import Job, JobStatus, Operation
 from shared.store.notify import notify_finished
 from shared.webhooks.outbox import job_event, record_job_event
@@ -54,7 +55,7 @@ def submit_job(
     """
     digest = fingerprint(operation, body, options)
     organization_id = principal.organization_id
-    lock_organization(session, organization_id)
+    load = lock_and_load(session, organization_id)
     if idempotency_key is not None:
         # Under the organization's lock: a racing request with the same key is seen here.
         existing = session.scalars(
@@ -70,7 +71,6 @@ def submit_job(
                     "this Idempotency-Key was already used with a different request",
                 )
             return existing, False
-    load = load_of(session, organization_id)
     admit(session, organization_id, load, total, settings)
     job = session.scalars(
         _INSERT,
@@ -112,17 +112,10 @@ def find_job(session: Session, organization_id: int, job_id: str) -> Job | None:
 
 def reread_job(session: Session, job: Job) -> Job:
     """The job as it is now, with its stored result: what a request waiting for its end
-    sends once it has ended, read in the same round trip.
-
-    A statement of its own, between the session's transactions: autocommit spares it a BEGIN
-    and a COMMIT, and the connection goes back to the pool after it, so a waiting request
-    holds none.
-    """
-    session.commit()
-    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    fresh = session.scalars(_REREAD, {"job_id": job.id}).one()
-    session.commit()
-    return fresh
+    sends once it has ended, read in the same round trip. A statement of its own, between the
+    session's transactions, so a waiting request holds no connection."""
+    with autocommit(session):
+        return session.scalars(_REREAD, {"job_id": job.id}).one()
 
 
 def cancel_job(session: Session, job: Job) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -93,6 +95,28 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def autocommit(session: Session) -> Iterator[Session]:
+    """The session, each of its statements in the block a transaction of its own: no BEGIN
+    or COMMIT round trip. Ends the session's transaction first, if any; afterwards its
+    connection goes back to the pool, and the session's next statement begins anew.
+
+    A session bound to a connection rather than an engine runs them as it would otherwise:
+    the connection's transaction is its owner's.
+    """
+    if isinstance(session.get_bind(), Connection):
+        yield session
+        return
+    session.commit()
+    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    try:
+        yield session
+    except BaseException:
+        session.rollback()
+        raise
+    session.commit()
 
 
 def run_alone(connection: Connection, statement: Executable, **params: Any) -> Row[Any] | None:

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import threading
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import Engine, text, update
 from sqlalchemy.orm import Session
 
 from shared.domain.tokens import Principal
-from shared.jobs.fairness import MAX_RANK, Load, admit, load_of, message_priority, retry_after
+from shared.jobs.fairness import (
+    MAX_RANK,
+    Load,
+    admit,
+    lock_and_load,
+    message_priority,
+    retry_after,
+)
 from shared.jsonapi.errors import ApiError
 from shared.settings import Settings
 from shared.store.models import Job
 from tests.factories import create_resource, queue_job
+from tests.jobclient import eventually
 
 MEMBER = Principal(person_id=7781, organization_id=2110, read_only=False)
 ELSEWHERE = Principal(person_id=8881, organization_id=2112, read_only=False)
@@ -42,7 +51,7 @@ def test_submissions_get_increasing_ranks_per_organization(session: Session) -> 
     other = queue_job(session, ELSEWHERE, "delete", [{"type": "time_entries", "id": "1"}])
     assert ranks == [0, 1, 2]
     assert other.rank == 0
-    assert load_of(session, 2110) == Load(jobs=3, entries=3, rank=2)
+    assert lock_and_load(session, 2110) == Load(jobs=3, entries=3, rank=2)
 
 
 def test_limits_refuse_with_429_naming_the_limit(session: Session, settings: Settings) -> None:
@@ -76,3 +85,36 @@ def test_retry_after_follows_the_pace_of_recent_jobs(session: Session) -> None:
     # 400 entries in 2 seconds: 1,000 entries drain in 5.
     assert retry_after(session, 2112, 1000, fallback=7) == 5
     assert retry_after(session, 2112, 1, fallback=7) == 1
+
+
+def test_a_submission_waits_for_the_one_before_it_and_counts_its_job(e2e_db: Engine) -> None:
+    # The lock and the count go to the server together: the count must still come after
+    # the lock is granted, or it would miss the job the submission it waited for stored.
+    loads: list[Load] = []
+    with Session(e2e_db) as first:
+        queue_job(first, MEMBER, "create", [create_resource(), create_resource()])
+
+        def second() -> None:
+            with Session(e2e_db) as session:
+                loads.append(lock_and_load(session, 2110))
+                session.rollback()
+
+        waiting = threading.Thread(target=second)
+        waiting.start()
+        eventually(lambda: waits_for_a_lock(e2e_db), what="the second submission waiting")
+        assert not loads
+        first.commit()
+    waiting.join(timeout=10)
+    assert loads == [Load(jobs=1, entries=2, rank=0)]
+
+
+def waits_for_a_lock(engine: Engine) -> bool:
+    with engine.connect() as connection:
+        return bool(
+            connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            )
+        )

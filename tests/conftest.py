@@ -85,11 +85,15 @@ def _settings(database_url: str, broker_url: str, data_dir: Path, queue: str) ->
 @pytest.fixture(scope="session")
 def settings(
     servers: tuple[str, str], run_id: str, tmp_path_factory: pytest.TempPathFactory
-) -> Settings:
+) -> Iterator[Settings]:
+    # Dropped here, not with the engine: a run whose tests need only the settings made the
+    # database too.
     database_url = _recreate_database(servers[0], f"timebatch_test_{run_id}")
-    return _settings(
+    settings = _settings(
         database_url, servers[1], tmp_path_factory.mktemp("data"), f"timebatch-test-{run_id}"
     )
+    yield settings
+    _drop(settings)
 
 
 def demo_engine(settings: Settings) -> Engine:
@@ -107,7 +111,6 @@ def engine(settings: Settings) -> Iterator[Engine]:
     engine = demo_engine(settings)
     yield engine
     engine.dispose()
-    _drop(settings)
 
 
 def _drop(settings: Settings) -> None:

@@ -32,8 +32,11 @@ def fingerprint(operation: Operation, body: bytes, options: dict[str, Any]) -> s
 
 
 # Built once: on every submission, building it would cost about as much as running it. The
-# job comes back whole from the insert, server defaults and all.
-_INSERT = insert(Job).returning(Job)
+# job comes back from the insert, server defaults and all, but for the batch it was given:
+# a plain insert read back as a Job, which costs two thirds of the ORM's bulk insert.
+_INSERT = select(Job).from_statement(
+    insert(Job).returning(*(column for column in Job.__table__.c if column.key != "batch"))
+)
 
 
 def submit_job(
@@ -74,19 +77,17 @@ def submit_job(
     admit(session, organization_id, load, total, settings)
     job = session.scalars(
         _INSERT,
-        [
-            {
-                "organization_id": organization_id,
-                "person_id": principal.person_id,
-                "operation": operation,
-                "batch": body,
-                "options": options,
-                "idempotency_key": idempotency_key,
-                "request_hash": digest,
-                "total": total,
-                "rank": load.next_rank(),
-            }
-        ],
+        {
+            "organization_id": organization_id,
+            "person_id": principal.person_id,
+            "operation": operation,
+            "batch": body,
+            "options": options,
+            "idempotency_key": idempotency_key,
+            "request_hash": digest,
+            "total": total,
+            "rank": load.next_rank(),
+        },
     ).one()
     return job, True
 

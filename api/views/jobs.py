@@ -25,6 +25,7 @@ from shared.store.models import (
     JobStatus,
     Operation,
 )
+from shared.store.notify import Ended
 from shared.store.queries import JOB_SORTS, jobs_page
 from shared.webhooks.outbox import claim_unpublished
 
@@ -146,8 +147,23 @@ def wait_for(job: Job, seconds: int, *, publish: Callable[[], None] | None = Non
             if job.status in ENDED_STATUSES or remaining <= 0:
                 return job
             finished.wait(min(remaining, 1.0))
+            if finished.ended is not None:
+                return ended_job(job, finished.ended)
             finished.clear()
             job = reread_job(session, job)
+
+
+def ended_job(job: Job, ended: Ended) -> Job:
+    """The job as its end notification told it, enough to answer with its result; a copy
+    apart from the session, which never writes it."""
+    return Job(
+        id=job.id,
+        organization_id=job.organization_id,
+        operation=job.operation,
+        status=ended.status,
+        result_status=ended.result_status,
+        result_body=ended.result_body,
+    )
 
 
 def answer_for(job: Job, *, accepted: bool, publish: Callable[[], None] | None = None) -> Response:

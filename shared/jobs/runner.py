@@ -42,7 +42,7 @@ from shared.jsonapi.errors import ApiError
 from shared.jsonapi.render import gzip_document
 from shared.store.engine import UnflushedWrite, run_alone
 from shared.store.models import UNFINISHED_STATUSES, Job, JobStatus, Operation
-from shared.store.notify import finished_notice, notify_finished, progress_notice
+from shared.store.notify import notify_finished, progress_notice, result_notice
 from shared.store.queries import stored_batch
 from shared.webhooks.outbox import RECORD, job_event, record_job_event
 
@@ -214,9 +214,9 @@ _FINISH = (
         finished_at=func.clock_timestamp(),
         heartbeat_at=None,
     )
-    # Waiters and streams learn of the end as it commits.
+    # Waiters and streams learn of the end as it commits; a small result goes with it.
     .returning(
-        finished_notice(Job.id),
+        result_notice(Job.id, Job.status, Job.result_status, Job.result_body),
         select(func.array_agg(_RECORDED.c.id)).scalar_subquery().label("deliveries"),
         # The job lock, which _finish says may go before the commit.
         _UNLOCK,

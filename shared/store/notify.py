@@ -11,6 +11,7 @@ a process whose threads all wait could not answer a health check.
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import uuid
@@ -21,11 +22,17 @@ from types import TracebackType
 from typing import Any
 
 import psycopg
-from sqlalchemy import ColumnElement, Connection, Text, cast, func, literal, make_url, select
+from sqlalchemy import ColumnElement, Connection, Text, case, cast, func, literal, make_url, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-# Payload: the job id; sent in the transaction that ends the job.
+# Payload: the job id, then, when the job ended with a result this small, its status, result
+# status and stored result (base64; empty when there is none); sent in the transaction that
+# ends the job.
 CHANNEL = "timebatch_jobs"
+# Bytes of stored result a notification carries, so that a request waiting for a small job
+# answers without reading it back: the most whose base64, with the job id and statuses, stays
+# under the 8000 bytes a payload may have (4 characters per 3 bytes: 7,600 and some 50).
+CARRIED_RESULT = 5700
 # Payload: "<job id> <status> <processed> <total>", all a stream needs to send the change.
 PROGRESS_CHANNEL = "timebatch_job_progress"
 RECONNECT_DELAY = 1.0
@@ -34,8 +41,48 @@ logger = logging.getLogger(__name__)
 
 
 def finished_notice(job_id: ColumnElement[Any] | InstrumentedAttribute[Any]) -> ColumnElement[Any]:
-    """The end notification as a SQL expression, for the statement that ends a job."""
+    """The end notification as a SQL expression: the job id alone, for an end that has no
+    result (a cancel) or that tells nothing more."""
     return func.pg_notify(CHANNEL, cast(job_id, Text))
+
+
+def result_notice(
+    job_id: InstrumentedAttribute[Any],
+    status: InstrumentedAttribute[Any],
+    result_status: InstrumentedAttribute[Any],
+    result_body: InstrumentedAttribute[Any],
+) -> ColumnElement[Any]:
+    """The end notification of a job that ended with a result, from the row that ended it:
+    the result too when it is at most CARRIED_RESULT bytes."""
+    carried = func.concat_ws(
+        " ",
+        job_id,
+        status,
+        result_status,
+        # Without the line breaks PostgreSQL's base64 has every 76 characters.
+        func.translate(func.coalesce(func.encode(result_body, "base64"), ""), "\n", ""),
+    )
+    small = func.coalesce(func.length(result_body), 0) <= CARRIED_RESULT
+    return func.pg_notify(CHANNEL, case((small, carried), else_=cast(job_id, Text)))
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A job's end as its notification told it: its status, result status and stored result
+    (None when it has no body)."""
+
+    status: str
+    result_status: int
+    result_body: bytes | None
+
+
+def parse_finished(payload: str) -> tuple[str, Ended | None]:
+    """The job id, and its end when the notification carried it."""
+    parts = payload.split(" ", 3)
+    if len(parts) != 4 or not parts[2].isdigit():
+        return parts[0], None
+    job_id, status, result_status, body = parts
+    return job_id, Ended(status, int(result_status), base64.b64decode(body) if body else None)
 
 
 def notify_finished(session: Session, job_id: str) -> None:
@@ -145,6 +192,12 @@ class JobWatch:
         self.close()
 
 
+class JobWait(threading.Event):
+    """Set when the job's end notification arrives, with the end it carried, if any."""
+
+    ended: Ended | None = None
+
+
 class JobListener:
     """The process's LISTEN connection, shared by every request that waits for a job and
     every stream that follows one."""
@@ -155,7 +208,7 @@ class JobListener:
         self._slots = _slots(wait_capacity)
         self._stream_slots = _slots(stream_capacity)
         self._lock = threading.Lock()
-        self._waiters: dict[str, set[threading.Event]] = {}
+        self._waiters: dict[str, set[JobWait]] = {}
         self._watches: dict[str, set[JobWatch]] = {}
         # Watches made while no LISTEN was in effect: whatever was sent before it took effect
         # never reaches them, so they read their job again once it has.
@@ -164,13 +217,13 @@ class JobListener:
         self._thread: threading.Thread | None = None
 
     @contextmanager
-    def waiting(self, job_id: str) -> Iterator[threading.Event | None]:
+    def waiting(self, job_id: str) -> Iterator[JobWait | None]:
         """An event set when the job's notification arrives; None when the process's wait
         capacity is used up, and the caller should answer at once."""
         if self._slots is None or not self._slots.acquire(blocking=False):
             yield None
             return
-        event = threading.Event()
+        event = JobWait()
         try:
             with self._lock:
                 self._waiters.setdefault(job_id, set()).add(event)
@@ -230,7 +283,7 @@ class JobListener:
                         if notification.channel == PROGRESS_CHANNEL:
                             self._moved(notification.payload)
                         else:
-                            self._wake(notification.payload)
+                            self._wake(*parse_finished(notification.payload))
             except psycopg.Error:
                 logger.warning("job notifications lost their connection; reconnecting")
             with self._lock:
@@ -258,7 +311,7 @@ class JobListener:
         for watch in watches:
             watch._tell(progress=progress)
 
-    def _wake(self, job_id: str | None) -> None:
+    def _wake(self, job_id: str | None, ended: Ended | None = None) -> None:
         with self._lock:
             if job_id is None:
                 events = [e for found in self._waiters.values() for e in found]
@@ -267,6 +320,7 @@ class JobListener:
                 events = list(self._waiters.get(job_id, ()))
                 watches = list(self._watches.get(job_id, ()))
         for event in events:
+            event.ended = ended
             event.set()
         for watch in watches:
             if job_id is None:

@@ -11,6 +11,8 @@ import pytest
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
+from api.views import jobs as jobs_view
+from api.views.jobs import ended_job
 from shared.jobs.queue import PROCESS_JOB, create_celery
 from shared.settings import Settings
 from shared.store.models import Job, TimeEntry
@@ -289,6 +291,34 @@ def test_prefer_wait_answers_with_the_final_result(jobs: JobClient, e2e_auth: An
     assert response.status_code == 201
     assert response.headers["Preference-Applied"] == "wait=30"
     assert len(response.json["data"]) == 2  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("entries", "carried"), [(2, True), (200, False)])
+def test_a_small_result_comes_with_the_job_s_end_and_a_larger_one_is_read_back(
+    jobs: JobClient,
+    e2e_auth: Any,
+    e2e_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    entries: int,
+    carried: bool,
+) -> None:
+    told: list[Any] = []
+
+    def counted(job: Any, ended: Any) -> Any:
+        told.append(ended)
+        return ended_job(job, ended)
+
+    monkeypatch.setattr(jobs_view, "ended_job", counted)
+    headers = e2e_auth(7781)
+    response = jobs.submit(
+        "POST", "/api/v2/time_entries", create_doc(entries), headers, {"Prefer": "wait=30"}
+    )
+    assert response.status_code == 201
+    assert len(told) == (1 if carried else 0)
+    # The same answer as the stored one, whichever way it came.
+    stored = e2e_client.get(response.headers["Content-Location"], headers=headers)
+    assert stored.status_code == 201
+    assert response.json == stored.json
 
 
 def test_polling_with_prefer_wait_redirects_once_finished(

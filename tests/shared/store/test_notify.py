@@ -8,25 +8,34 @@ transactions on the test database; they carry no data, only the notification.
 
 from __future__ import annotations
 
+import os
 import uuid
 
-from sqlalchemy import Engine, text
+import pytest
+from sqlalchemy import Engine, text, update
 from sqlalchemy.orm import Session
 
+from shared.domain.tokens import Principal
 from shared.settings import Settings
+from shared.store.models import Job
 from shared.store.notify import (
+    CARRIED_RESULT,
     PROGRESS_CHANNEL,
+    Ended,
     JobListener,
     JobProgress,
     Notice,
     notify_finished,
     notify_progress,
+    result_notice,
 )
+from tests.factories import create_resource, queue_job
 
 # Waiting for a notification that must not come can only end at a deadline; one that is
 # sent arrives within milliseconds of the commit, so this one is generous all the same.
 ABSENT = 0.3
 PRESENT = 10.0
+MEMBER = Principal(person_id=7781, organization_id=2110, read_only=False)
 
 
 def committed_notification(engine: Engine, job_id: str) -> None:
@@ -245,3 +254,39 @@ def test_past_its_stream_capacity_the_process_opens_no_other_stream(settings: Se
 
 def test_a_stream_capacity_of_zero_turns_streams_off(settings: Settings) -> None:
     assert listener(settings, streams=0).watch("job-a") is None
+
+
+def end_job(engine: Engine, job_id: uuid.UUID, body: bytes | None) -> None:
+    """End the job with this stored result and notify it, as the worker's end statement does."""
+    with Session(engine) as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                status="succeeded", result_status=204 if body is None else 201, result_body=body
+            )
+            .returning(result_notice(Job.id, Job.status, Job.result_status, Job.result_body))
+        ).one()
+        session.commit()
+
+
+@pytest.mark.parametrize(
+    ("size", "carried"), [(CARRIED_RESULT, True), (CARRIED_RESULT + 1, False), (None, True)]
+)
+def test_an_end_carries_its_result_to_the_waiter_when_it_is_small_enough(
+    e2e_db: Engine, e2e_settings: Settings, size: int | None, carried: bool
+) -> None:
+    # Random bytes do not compress: the longest payload a result of this size can make.
+    body = None if size is None else os.urandom(size)
+    with Session(e2e_db) as session:
+        job_id = queue_job(session, MEMBER, "create", [create_resource()]).id
+        session.commit()
+    with listener(e2e_settings).waiting(str(job_id)) as waiter:
+        assert waiter is not None
+        end_job(e2e_db, job_id, body)
+        assert waiter.wait(PRESENT)
+        if carried:
+            assert waiter.ended == Ended("succeeded", 204 if body is None else 201, body)
+        else:
+            # Woken all the same, to read the job back.
+            assert waiter.ended is None

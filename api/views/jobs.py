@@ -158,8 +158,6 @@ def ended_job(job: Job, ended: Ended) -> Job:
     apart from the session, which never writes it."""
     return Job(
         id=job.id,
-        organization_id=job.organization_id,
-        operation=job.operation,
         status=ended.status,
         result_status=ended.result_status,
         result_body=ended.result_body,

@@ -12,6 +12,7 @@ a process whose threads all wait could not answer a health check.
 from __future__ import annotations
 
 import base64
+import binascii
 import logging
 import threading
 import uuid
@@ -41,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 
 def finished_notice(job_id: ColumnElement[Any] | InstrumentedAttribute[Any]) -> ColumnElement[Any]:
-    """The end notification as a SQL expression: the job id alone, for an end that has no
-    result (a cancel) or that tells nothing more."""
+    """The end notification as a SQL expression: the job id alone, so its waiters read the
+    job (a cancel, a job failed outside a run)."""
     return func.pg_notify(CHANNEL, cast(job_id, Text))
 
 
@@ -82,7 +83,11 @@ def parse_finished(payload: str) -> tuple[str, Ended | None]:
     if len(parts) != 4 or not parts[2].isdigit():
         return parts[0], None
     job_id, status, result_status, body = parts
-    return job_id, Ended(status, int(result_status), base64.b64decode(body) if body else None)
+    try:
+        result_body = base64.b64decode(body, validate=True) if body else None
+    except binascii.Error:
+        return job_id, None
+    return job_id, Ended(status, int(result_status), result_body)
 
 
 def notify_finished(session: Session, job_id: str) -> None:

@@ -27,6 +27,7 @@ from shared.store.notify import (
     Notice,
     notify_finished,
     notify_progress,
+    parse_finished,
     result_notice,
 )
 from tests.factories import create_resource, queue_job
@@ -290,3 +291,16 @@ def test_an_end_carries_its_result_to_the_waiter_when_it_is_small_enough(
         else:
             # Woken all the same, to read the job back.
             assert waiter.ended is None
+
+
+def test_an_end_notification_is_read_whatever_it_carries() -> None:
+    job_id = str(uuid.uuid4())
+    assert parse_finished(job_id) == (job_id, None)
+    assert parse_finished(f"{job_id} succeeded 201 eyJkYXRhIjpbXX0=") == (
+        job_id,
+        Ended("succeeded", 201, b'{"data":[]}'),
+    )
+    assert parse_finished(f"{job_id} succeeded 204 ") == (job_id, Ended("succeeded", 204, None))
+    # Not what this version sends: the waiter reads the job instead.
+    assert parse_finished(f"{job_id} succeeded 201 not*base64") == (job_id, None)
+    assert parse_finished(f"{job_id} succeeded soon x") == (job_id, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
 from flask import Flask, Response
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
@@ -59,9 +60,12 @@ def register_error_handlers(app: Flask) -> None:
                 response.headers["Allow"] = ", ".join(allowed)
         return response
 
+    # SQLAlchemy's, or the driver's own from statements sent past SQLAlchemy (a pipeline).
     @app.errorhandler(OperationalError)
-    def handle_database_down(error: OperationalError) -> Response:
-        logger.error("database unavailable: %s", type(error.orig).__name__)
+    @app.errorhandler(psycopg.OperationalError)
+    def handle_database_down(error: OperationalError | psycopg.OperationalError) -> Response:
+        cause = error.orig if isinstance(error, OperationalError) else error
+        logger.error("database unavailable: %s", type(cause).__name__)
         problem = Problem(503, "Service unavailable", "the database is unavailable; try again")
         return error_response(ApiError([problem], headers={"Retry-After": UNAVAILABLE_RETRY_AFTER}))
 

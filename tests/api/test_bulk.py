@@ -8,15 +8,17 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
+from shared.jobs import submit
 from shared.settings import Settings
+from shared.store.engine import make_session_factory
 from shared.store.models import Job, Operation
 from tests.applying import decoded_items
 from tests.checked_client import CheckedClient
-from tests.conftest import BULK
+from tests.conftest import BULK, token_for
 from tests.factories import create_resource as entry
 
 
@@ -469,3 +471,35 @@ def test_a_replay_asking_another_include_is_another_request(
         else:
             assert replay.json["errors"][0]["title"] == "Idempotency key reused"
     assert published == [first.json["data"]["id"]]
+
+
+def test_a_connection_cut_under_the_submission_s_pipeline_is_503_and_stores_nothing(
+    e2e_db: Engine, e2e_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Session(e2e_db) as session:
+        headers = token_for(session, 7781)
+        session.commit()
+    app = create_app(
+        e2e_settings, sessions=make_session_factory(e2e_db), publish=lambda _job, _rank: None
+    )
+    app.test_client_class = CheckedClient
+    real = submit.lock_and_load
+
+    def cut(session: Session, organization_id: int) -> Any:
+        # The lock and the count go to the server past SQLAlchemy: its driver's error then.
+        pid = session.connection().scalar(text("SELECT pg_backend_pid()"))
+        with e2e_db.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            other.commit()
+        return real(session, organization_id)
+
+    monkeypatch.setattr(submit, "lock_and_load", cut)
+    response = post(app.test_client(), headers, {"data": [entry()]})
+    assert response.status_code == 503, response.data
+    assert response.headers["Retry-After"]
+    assert response.json["errors"][0]["title"] == "Service unavailable"
+    monkeypatch.undo()
+    with Session(e2e_db) as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 0
+    # The pool dropped the cut connection: the next submission is stored.
+    assert post(app.test_client(), headers, {"data": [entry()]}).status_code == 202

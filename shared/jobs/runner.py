@@ -304,7 +304,13 @@ def run_job(engine: Engine, job_id: uuid.UUID, *, max_runs: int, lease: float = 
 def _run_locked(engine: Engine, job_id: uuid.UUID, max_runs: int, beat_every: float) -> Run:
     key = lock_key(job_id)
     with engine.connect() as connection:
-        job = _CLAIM(connection, job_id=job_id, key=key)
+        try:
+            job = _CLAIM(connection, job_id=job_id, key=key)
+        except BaseException:
+            # The statement may have taken the lock before it failed, and a session's lock
+            # outlives the statement: a connection closed holds none.
+            connection.invalidate()
+            raise
         assert job is not None
         if not job.held:
             # Another worker holds this job right now; it will finish it or release the lock.

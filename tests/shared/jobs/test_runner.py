@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from sqlalchemy import Engine, create_engine, func, select, text, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from shared.domain import entries as domain_entries
@@ -513,5 +513,28 @@ def test_a_run_whose_connection_dies_leaves_the_job_to_the_next_run(
         monkeypatch.undo()
         assert run(engine, job_id) == Outcome.SUCCEEDED
         assert 231 not in entries(e2e_db)
+    finally:
+        engine.dispose()
+
+
+def test_a_claim_that_fails_once_it_holds_the_lock_leaves_no_lock_behind(
+    e2e_db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = create_engine(e2e_db.url, pool_size=1, max_overflow=0)
+    try:
+        job_id = queued(engine, "delete", [reference(231)])
+        claim = runner._CLAIM
+
+        def failing(connection: Any, **params: Any) -> Any:
+            claim(connection, **params)
+            raise OperationalError("SELECT", {}, Exception("the claim failed after the lock"))
+
+        monkeypatch.setattr(runner, "_CLAIM", failing)
+        with pytest.raises(OperationalError):
+            run(engine, job_id)
+        # The connection that may hold it is gone: another delivery takes the job.
+        assert lock_is_free(e2e_db, job_id)
+        monkeypatch.undo()
+        assert run(engine, job_id) == Outcome.SUCCEEDED
     finally:
         engine.dispose()

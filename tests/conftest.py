@@ -284,6 +284,15 @@ def e2e_db(e2e_engine: Engine) -> Engine:
     return e2e_engine
 
 
+@pytest.fixture
+def one_connection(e2e_db: Engine) -> Iterator[Engine]:
+    """An engine on the committed database whose pool holds one connection: each checkout
+    gets back the connection the one before it returned."""
+    engine = create_engine(e2e_db.url, pool_size=1, max_overflow=0)
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _empty_queues(settings: Settings) -> Iterator[None]:
     yield

@@ -76,7 +76,9 @@ def lock_and_load(session: Session, organization_id: int) -> Load:
     with driver.pipeline():
         driver.execute(_LOCK, params)
         load = driver.execute(_LOAD, params)
-    jobs, entries, rank = load.fetchone() or (0, 0, 0)
+    counted = load.fetchone()
+    assert counted is not None  # an aggregate without GROUP BY: always one row
+    jobs, entries, rank = counted
     return Load(jobs=int(jobs), entries=int(entries), rank=int(rank))
 
 

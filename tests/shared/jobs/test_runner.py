@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import Engine, create_engine, func, select, text, update
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -463,78 +463,67 @@ def lock_is_free(engine: Engine, job_id: uuid.UUID) -> bool:
 
 
 def test_every_end_of_a_run_gives_the_job_lock_back(
-    e2e_db: Engine, monkeypatch: pytest.MonkeyPatch
+    e2e_db: Engine, one_connection: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # One connection in the pool: each run after the first gets back the connection that
     # held the lock, and a lock it kept would make it a second holder, not a free job.
-    engine = create_engine(e2e_db.url, pool_size=1, max_overflow=0)
-    try:
-        succeeded = queued(engine, "create", [create_resource()])
-        assert run(engine, succeeded) == Outcome.SUCCEEDED
-        assert lock_is_free(e2e_db, succeeded)
-        assert run(engine, succeeded) == Outcome.SKIPPED
-        assert lock_is_free(e2e_db, succeeded)
+    engine = one_connection
+    succeeded = queued(engine, "create", [create_resource()])
+    assert run(engine, succeeded) == Outcome.SUCCEEDED
+    assert lock_is_free(e2e_db, succeeded)
+    assert run(engine, succeeded) == Outcome.SKIPPED
+    assert lock_is_free(e2e_db, succeeded)
 
-        refused = queued(engine, "delete", [reference(999999)])
-        assert run(engine, refused) == Outcome.FAILED
-        assert lock_is_free(e2e_db, refused)
+    refused = queued(engine, "delete", [reference(999999)])
+    assert run(engine, refused) == Outcome.FAILED
+    assert lock_is_free(e2e_db, refused)
 
-        def broken(*args: Any) -> None:
-            raise RuntimeError("a bug")
+    def broken(*args: Any) -> None:
+        raise RuntimeError("a bug")
 
-        raised = queued(engine, "delete", [reference(231)])
-        monkeypatch.setitem(runner.APPLY, Operation.DELETE, (broken, 204))
-        with pytest.raises(RuntimeError):
-            run(engine, raised)
-        assert lock_is_free(e2e_db, raised)
-        assert job_row(engine, raised)["status"] == "running"
-        monkeypatch.undo()
-        assert run(engine, raised) == Outcome.SUCCEEDED
-    finally:
-        engine.dispose()
+    raised = queued(engine, "delete", [reference(231)])
+    monkeypatch.setitem(runner.APPLY, Operation.DELETE, (broken, 204))
+    with pytest.raises(RuntimeError):
+        run(engine, raised)
+    assert lock_is_free(e2e_db, raised)
+    assert job_row(engine, raised)["status"] == "running"
+    monkeypatch.undo()
+    assert run(engine, raised) == Outcome.SUCCEEDED
 
 
 def test_a_run_whose_connection_dies_leaves_the_job_to_the_next_run(
-    e2e_db: Engine, monkeypatch: pytest.MonkeyPatch
+    e2e_db: Engine, one_connection: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = create_engine(e2e_db.url, pool_size=1, max_overflow=0)
-    try:
-        job_id = queued(engine, "delete", [reference(231)])
-        status = runner.APPLY[Operation.DELETE][1]
+    job_id = queued(one_connection, "delete", [reference(231)])
+    status = runner.APPLY[Operation.DELETE][1]
 
-        def terminated(session: Session, *args: Any) -> None:
-            session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+    def terminated(session: Session, *args: Any) -> None:
+        session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
 
-        monkeypatch.setitem(runner.APPLY, Operation.DELETE, (terminated, status))
-        with pytest.raises(DBAPIError):
-            run(engine, job_id)
-        # The server let the lock go with the connection, and the pool dropped that one.
-        assert lock_is_free(e2e_db, job_id)
-        monkeypatch.undo()
-        assert run(engine, job_id) == Outcome.SUCCEEDED
-        assert 231 not in entries(e2e_db)
-    finally:
-        engine.dispose()
+    monkeypatch.setitem(runner.APPLY, Operation.DELETE, (terminated, status))
+    with pytest.raises(DBAPIError):
+        run(one_connection, job_id)
+    # The server let the lock go with the connection, and the pool dropped that one.
+    assert lock_is_free(e2e_db, job_id)
+    monkeypatch.undo()
+    assert run(one_connection, job_id) == Outcome.SUCCEEDED
+    assert 231 not in entries(e2e_db)
 
 
 def test_a_claim_that_fails_once_it_holds_the_lock_leaves_no_lock_behind(
-    e2e_db: Engine, monkeypatch: pytest.MonkeyPatch
+    e2e_db: Engine, one_connection: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = create_engine(e2e_db.url, pool_size=1, max_overflow=0)
-    try:
-        job_id = queued(engine, "delete", [reference(231)])
-        claim = runner._CLAIM
+    job_id = queued(one_connection, "delete", [reference(231)])
+    claim = runner._CLAIM
 
-        def failing(connection: Any, **params: Any) -> Any:
-            claim(connection, **params)
-            raise OperationalError("SELECT", {}, Exception("the claim failed after the lock"))
+    def failing(connection: Any, **params: Any) -> Any:
+        claim(connection, **params)
+        raise OperationalError("SELECT", {}, Exception("the claim failed after the lock"))
 
-        monkeypatch.setattr(runner, "_CLAIM", failing)
-        with pytest.raises(OperationalError):
-            run(engine, job_id)
-        # The connection that may hold it is gone: another delivery takes the job.
-        assert lock_is_free(e2e_db, job_id)
-        monkeypatch.undo()
-        assert run(engine, job_id) == Outcome.SUCCEEDED
-    finally:
-        engine.dispose()
+    monkeypatch.setattr(runner, "_CLAIM", failing)
+    with pytest.raises(OperationalError):
+        run(one_connection, job_id)
+    # The connection that may hold it is gone: another delivery takes the job.
+    assert lock_is_free(e2e_db, job_id)
+    monkeypatch.undo()
+    assert run(one_connection, job_id) == Outcome.SUCCEEDED

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from sqlalchemy import Engine, create_engine, func, select, text, update
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -22,31 +22,27 @@ MEMBER = Principal(person_id=7781, organization_id=2110, read_only=False)
 
 
 def test_an_unflushed_write_commits_at_once_without_flushing_and_leaves_its_connection_as_it_was(
-    e2e_db: Engine,
+    e2e_db: Engine, one_connection: Engine
 ) -> None:
     # One connection in the pool: the write's is the one the checks below get back.
-    engine = create_engine(e2e_db.url, pool_size=1, max_overflow=0)
-    try:
-        with Session(engine) as session:
-            job_id = queue_job(session, MEMBER, "create", [create_resource()]).id
-            session.commit()
-        mark = UnflushedWrite(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(status=JobStatus.RUNNING)
-            .returning(func.current_setting("synchronous_commit"))
-        )
-        row = mark(engine)
-        assert row is not None
-        # The setting as the statement ran, and as it set it for its own commit.
-        assert tuple(row) == ("on", "off")
-        with e2e_db.connect() as other:
-            assert other.scalar(select(Job.status).where(Job.id == job_id)) == "running"
-        with engine.connect() as same:
-            assert same.scalar(text("SHOW synchronous_commit")) == "on"
-            assert same.connection.driver_connection.autocommit is False
-    finally:
-        engine.dispose()
+    with Session(one_connection) as session:
+        job_id = queue_job(session, MEMBER, "create", [create_resource()]).id
+        session.commit()
+    mark = UnflushedWrite(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(status=JobStatus.RUNNING)
+        .returning(func.current_setting("synchronous_commit"))
+    )
+    row = mark(one_connection)
+    assert row is not None
+    # The setting as the statement ran, and as it set it for its own commit.
+    assert tuple(row) == ("on", "off")
+    with e2e_db.connect() as other:
+        assert other.scalar(select(Job.status).where(Job.id == job_id)) == "running"
+    with one_connection.connect() as same:
+        assert same.scalar(text("SHOW synchronous_commit")) == "on"
+        assert same.connection.driver_connection.autocommit is False
 
 
 def test_every_session_speaks_utc_whatever_the_server_would_have_it_speak(
@@ -84,23 +80,19 @@ def terminate(e2e_db: Engine, pid: int) -> None:
 
 @pytest.mark.parametrize("idle_after", [0.0, 3600.0])
 def test_a_connection_idle_long_enough_is_tried_before_it_is_handed_out(
-    e2e_db: Engine, idle_after: float
+    e2e_db: Engine, one_connection: Engine, idle_after: float
 ) -> None:
     # One connection in the pool, whose server side is gone by its next checkout.
-    engine = create_engine(e2e_db.url, pool_size=1, max_overflow=0)
-    PingAfterIdle(engine, idle_after)
-    try:
-        first = backend_pid(engine)
-        terminate(e2e_db, first)
-        if idle_after == 0.0:
-            # Idle long enough: tried, found dead, replaced before anyone used it.
-            assert backend_pid(engine) != first
-        else:
-            # Back in the pool just now: handed out as it is, and its first statement
-            # meets the disconnect; the pool then makes a new one.
-            with pytest.raises(OperationalError) as raised:
-                backend_pid(engine)
-            assert raised.value.connection_invalidated
-            assert backend_pid(engine) != first
-    finally:
-        engine.dispose()
+    PingAfterIdle(one_connection, idle_after)
+    first = backend_pid(one_connection)
+    terminate(e2e_db, first)
+    if idle_after == 0.0:
+        # Idle long enough: tried, found dead, replaced before anyone used it.
+        assert backend_pid(one_connection) != first
+    else:
+        # Back in the pool just now: handed out as it is, and its first statement meets
+        # the disconnect; the pool then makes a new one.
+        with pytest.raises(OperationalError) as raised:
+            backend_pid(one_connection)
+        assert raised.value.connection_invalidated
+        assert backend_pid(one_connection) != first

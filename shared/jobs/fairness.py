@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from shared.jsonapi.errors import ApiError, Problem
@@ -63,6 +63,23 @@ _LOAD = (
     " WHERE organization_id = %(organization_id)s AND status = ANY(%(unfinished)s)"
 )
 _UNFINISHED = [str(status) for status in UNFINISHED_STATUSES]
+
+# The statements a refusal runs (admit), built once like those above.
+_ORGANIZATION = Job.organization_id == bindparam("organization_id", type_=Job.organization_id.type)
+_OLDEST_LEFT = (
+    select(Job.total - Job.processed)
+    .where(_ORGANIZATION, Job.status.in_(UNFINISHED_STATUSES))
+    .order_by(Job.created_at)
+    .limit(1)
+)
+_RECENT_PACE = select(
+    func.coalesce(func.sum(Job.total), 0),
+    func.coalesce(func.sum(func.extract("epoch", Job.finished_at - Job.started_at)), 0),
+).where(
+    _ORGANIZATION,
+    Job.status == JobStatus.SUCCEEDED,
+    Job.finished_at > func.now() - func.make_interval(0, 0, 0, 0, 0, RATE_WINDOW_MINUTES),
+)
 
 
 def lock_and_load(session: Session, organization_id: int) -> Load:
@@ -115,28 +132,14 @@ def admit(
 
 def _oldest_unfinished_entries(session: Session, organization_id: int) -> int:
     """Entries left in the organization's oldest unfinished job: what must drain first."""
-    left = session.scalar(
-        select(Job.total - Job.processed)
-        .where(Job.organization_id == organization_id, Job.status.in_(UNFINISHED_STATUSES))
-        .order_by(Job.created_at)
-        .limit(1)
-    )
+    left = session.scalar(_OLDEST_LEFT, {"organization_id": organization_id})
     return int(left or 0)
 
 
 def retry_after(session: Session, organization_id: int, entries: int, fallback: int) -> int:
     """Whole seconds until about `entries` of the organization's work have drained, from the
     pace of its jobs that finished lately; `fallback` when none did."""
-    done, seconds = session.execute(
-        select(
-            func.coalesce(func.sum(Job.total), 0),
-            func.coalesce(func.sum(func.extract("epoch", Job.finished_at - Job.started_at)), 0),
-        ).where(
-            Job.organization_id == organization_id,
-            Job.status == JobStatus.SUCCEEDED,
-            Job.finished_at > func.now() - func.make_interval(0, 0, 0, 0, 0, RATE_WINDOW_MINUTES),
-        )
-    ).one()
+    done, seconds = session.execute(_RECENT_PACE, {"organization_id": organization_id}).one()
     if not done or not seconds:
         return max(fallback, 1)
     rate = float(done) / float(seconds)

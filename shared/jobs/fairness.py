@@ -65,7 +65,7 @@ _LOAD = (
 _UNFINISHED = [str(status) for status in UNFINISHED_STATUSES]
 
 # The statements a refusal runs (admit), built once like those above.
-_ORGANIZATION = Job.organization_id == bindparam("organization_id", type_=Job.organization_id.type)
+_ORGANIZATION = Job.organization_id == bindparam("organization_id")
 _OLDEST_LEFT = (
     select(Job.total - Job.processed)
     .where(_ORGANIZATION, Job.status.in_(UNFINISHED_STATUSES))
